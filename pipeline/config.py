@@ -1,0 +1,157 @@
+"""Configuration: one frozen dataclass per concern.
+
+Every config is saved verbatim (``dataclasses.asdict``) into the manifest,
+each checkpoint and each bench result, so a figure or a model can always be
+traced back to the exact options that made it (nanoGPT's ``GPTConfig``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+FIT_POLICIES = ("squash", "pad", "crop")
+CACHE_MODES = ("auto", "device", "ram", "none")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The embedded look-alike dataset.
+
+    Attributes:
+        scale: multiplier on the real per-class counts (1.0 = 16,764 images).
+        seed: one seed for every byte written.
+        min_per_class: floor on each class's count, so the long tail stays.
+        quirk_rate: quirk files per image (each quirk kind at least once).
+        jpeg_quality: libjpeg quality; 75 gives about 26 KB at 0.17 MP.
+    """
+
+    scale: float = 1.0
+    seed: int = 0
+    min_per_class: int = 3
+    quirk_rate: float = 0.001
+    jpeg_quality: int = 75
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Decode + resize + split + shard options.
+
+    Attributes:
+        size: square output side in pixels (64 and 128 are the references).
+        fit: aspect policy: ``squash`` (the notebooks'), ``pad`` or ``crop``.
+        val_frac: validation fraction per class (0.15 = CNN4Conv's split).
+        seed: seeds the split and the shard order.
+        shard_mb: target shard size in MB of pixels (64 MB = 1,365 images at
+            128 px; big enough for long contiguous reads, small enough that
+            the writer's buffer keeps memory bounded).
+        min_side: images whose shorter side is below this many pixels are
+            skipped as unusable thumbnails.
+        compression: HDF5 filter for ``images`` (None = contiguous, fastest).
+    """
+
+    size: int = 128
+    fit: str = "squash"
+    val_frac: float = 0.15
+    seed: int = 42
+    shard_mb: float = 64.0
+    min_side: int = 16
+    compression: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.size < 8 or self.size > 1024:
+            raise ValueError(f"size must be 8..1024 pixels, got {self.size}")
+        if self.fit not in FIT_POLICIES:
+            raise ValueError(f"fit must be one of {FIT_POLICIES}, got {self.fit!r}")
+        if not 0.0 <= self.val_frac < 1.0:
+            raise ValueError(f"val_frac must be in [0, 1), got {self.val_frac}")
+        if self.shard_mb <= 0:
+            raise ValueError(f"shard_mb must be > 0, got {self.shard_mb}")
+        if self.compression not in (None, "gzip", "lzf"):
+            raise ValueError(f"compression must be None, 'gzip' or 'lzf', got {self.compression!r}")
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    """How batches travel from shards to the model.
+
+    Attributes:
+        batch_size: images per batch.
+        workers: DataLoader worker processes (0 = in the main process).
+        cache: ``device`` / ``ram`` keep the split resident, ``none`` streams
+            from shards, ``auto`` picks the first that fits.
+        augment: random flip + small random resized crop, on the device.
+        balance: class-balanced sampling (with replacement) for the long tail.
+        prefetch_factor: batches in flight per worker.
+        seed: the epoch order is a function of (seed, epoch) alone.
+    """
+
+    batch_size: int = 128
+    workers: int = 2
+    cache: str = "auto"
+    augment: bool = True
+    balance: bool = False
+    prefetch_factor: int = 4
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture choice; the shards fix image_size and num_classes."""
+
+    name: str = "bart"
+    num_classes: int = 42
+    image_size: int = 128
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule.
+
+    Attributes:
+        optimizer: ``adam`` (both notebooks) or ``adamw``.
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay (adamw only).
+        schedule: ``constant`` (notebooks) or ``onecycle`` (warm-up + cosine).
+        label_smoothing: cross-entropy label smoothing.
+        epochs: passes over the training split.
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.1
+    epochs: int = 12
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and how a training run executes."""
+
+    seed: int = 42
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    out: str = "runs/default"
+    recipe: str = "default"
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config as a plain JSON-able dict."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict) -> Any:
+    """Rebuild a config, ignoring keys a newer version may have added."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,105 @@
+"""One image file to one uint8 RGB square: the only decode path.
+
+Preprocess, evaluate ``--data-dir`` and predict all call :func:`decode_bytes`
+so a model sees at inference exactly what it saw in training.
+
+Speed: for JPEGs, ``Image.draft`` asks libjpeg for a DCT-domain reduced
+decode (1/2, 1/4 or 1/8 scale) that still covers the output size, so a
+480x360 frame going to 128 px decodes at 240x180 (a quarter of the pixels)
+before the antialiasing resize; measured about 2.5x a full decode + resize
+per core. The result differs from a full decode + resize by about one grey
+level on average (``tests/test_decode.py`` holds it under 3).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+RESAMPLE = Image.Resampling.BILINEAR  # antialiased in Pillow (support grows when shrinking)
+
+
+class DecodeError(Exception):
+    """A file that is not a usable image; the message is the skip reason."""
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode (L, LA, P, PA, RGBA, CMYK, YCbCr, I;16, I, F, 1) as RGB.
+
+    Alpha is dropped (the colour under it is kept), as the notebooks'
+    ``convert('RGB')`` did; 16/32-bit greys are scaled to 8 bits.
+    """
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(a * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL warns when a transparent palette goes straight to RGB
+    return im.convert("RGB")
+
+
+def _fit(im: Image.Image, size: int, fit: str) -> Image.Image:
+    w, h = im.size
+    if fit == "squash" or w == h:
+        return im.resize((size, size), RESAMPLE)
+    if fit == "crop":
+        s = min(w, h)
+        box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+        return im.resize((size, size), RESAMPLE, box=box)
+    # pad: keep the aspect, longer side = size, centred on black
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    canvas = Image.new("RGB", (size, size))
+    canvas.paste(im.resize((nw, nh), RESAMPLE), ((size - nw) // 2, (size - nh) // 2))
+    return canvas
+
+
+def decode_image(im: Image.Image, size: int, fit: str = "squash", min_side: int = 1,
+                 draft: bool = True) -> np.ndarray:
+    """Decode an opened PIL image to a (size, size, 3) uint8 array.
+
+    Raises:
+        DecodeError: too small, or the data is damaged (truncated, corrupt).
+    """
+    w, h = im.size
+    if min(w, h) < min_side:
+        raise DecodeError(f"too small ({w}x{h} < {min_side} px)")
+    try:
+        if draft and im.format == "JPEG":
+            # Request a size the reduced decode must still cover: size x size
+            # for squash/crop, and for pad the scaled long side (>= size).
+            im.draft("RGB", (size, size))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # palette/EXIF chatter is not an error
+            im.load()
+            out = _fit(to_rgb(im), size, fit)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise DecodeError(f"cannot decode: {exc}") from exc
+    return np.asarray(out, dtype=np.uint8)
+
+
+def decode_bytes(data: bytes, size: int, fit: str = "squash", min_side: int = 1,
+                 draft: bool = True) -> np.ndarray:
+    """Decode an image file's bytes to a (size, size, 3) uint8 array.
+
+    Raises:
+        DecodeError: empty, not an image, damaged or too small.
+    """
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DecodeError(f"not an image: {exc}") from exc
+    return decode_image(im, size, fit, min_side, draft)
+
+
+def decode_file(path, size: int, fit: str = "squash", min_side: int = 1, draft: bool = True) -> np.ndarray:
+    """:func:`decode_bytes` on a file's contents."""
+    with open(path, "rb") as fh:
+        return decode_bytes(fh.read(), size, fit, min_side, draft)

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny datasets made in tmp_path (never the real images)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import PreprocessConfig, SynthConfig  # noqa: E402
+from pipeline.preprocess import preprocess  # noqa: E402
+from pipeline.synth import generate  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lookalike(tmp_path_factory) -> Path:
+    """The look-alike set at 1% scale: 42 classes, >= 3 images each, every quirk."""
+    root = tmp_path_factory.mktemp("lookalike")
+    generate(root, SynthConfig(scale=0.01, seed=0), workers=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shards32(tmp_path_factory, lookalike) -> Path:
+    """Shards of the 1% look-alike at 32 px (small shards: several per split)."""
+    out = tmp_path_factory.mktemp("shards32")
+    preprocess(lookalike, out, PreprocessConfig(size=32, shard_mb=0.1), workers=2)
+    return out
+
+
+def make_class_tree(root: Path, counts: dict[str, int], size=(40, 30), seed: int = 0) -> Path:
+    """A class-folder dataset of small random JPEGs: {class: n_images}."""
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            px = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(px).save(root / name / f"img_{i:03d}.jpg", quality=90)
+    return root
