@@ -150,5 +150,127 @@ def verify(out: Path) -> None:
     click.echo(f"{out}: {len(m['shards'])} shards OK ({m['counts']['train']} train, {m['counts']['val']} val)")
 
 
+@main.command()
+@click.option("--shards", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
+@click.option("--model", "model_name", type=click.Choice(["bart", "cnn4conv"]), default="bart", help="Architecture.")
+@click.option("--recipe", type=click.Choice(["default", "notebook"]), default="default",
+              help="default: best measured; notebook: the model's notebook hyper-parameters exactly.")
+@click.option("--epochs", type=int, default=None, help="Override the recipe's epochs.")
+@click.option("--batch-size", type=int, default=None, help="Override the recipe's batch size.")
+@click.option("--lr", type=float, default=None, help="Override the recipe's learning rate.")
+@click.option("--seed", type=int, default=None, help="Seeds init, order, workers, augmentation [default: recipe's].")
+@click.option("--amp/--no-amp", default=False, help="Mixed precision: bf16 (or fp16 + GradScaler) on CUDA, bf16 on CPUs that have it.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Where to train.")
+@click.option("--workers", type=int, default=None, help="DataLoader workers [default: CPU count].")
+@click.option("--cache", type=click.Choice(["auto", "device", "ram", "none"]), default="auto",
+              help="Keep the split resident on the device or in RAM, or stream from shards.")
+@click.option("--augment/--no-augment", default=None, help="Flip + small crop on the device [default: recipe's].")
+@click.option("--balance", is_flag=True, help="Class-balanced sampling for the long tail.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: runs/MODEL-RECIPE].")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue a run from its last.pt.")
+def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment, balance,
+          compile_, out, resume) -> None:
+    """Train a reference model on the shards (metrics, checkpoints, curves in the run folder)."""
+    from dataclasses import replace
+
+    from pipeline.config import LoaderConfig, ModelConfig, RunConfig
+    from pipeline.env import cpu_count
+    from pipeline.shard_format import ShardError
+    from pipeline.train import TrainingError, TrainPlan
+    from pipeline.train import recipe as make_recipe
+    from pipeline.train import train as run
+
+    try:
+        optim, loader_kw = make_recipe(recipe, model_name)
+        if epochs is not None:
+            optim = replace(optim, epochs=epochs)
+        if lr is not None:
+            optim = replace(optim, lr=lr)
+        seed = seed if seed is not None else loader_kw.pop("seed", 42)
+        loader_kw.pop("seed", None)
+        loader = LoaderConfig(**{**loader_kw, "seed": seed, "workers": cpu_count() if workers is None else workers,
+                                 "cache": cache, "balance": balance,
+                                 **({"batch_size": batch_size} if batch_size else {}),
+                                 **({"augment": augment} if augment is not None else {})})
+        out = out or Path("runs") / f"{model_name}-{recipe}"
+        plan = TrainPlan(ModelConfig(name=model_name), optim, loader,
+                         RunConfig(seed=seed, device=device, amp=amp, compile=compile_, out=str(out), recipe=recipe))
+        summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
+    except (TrainingError, ShardError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    best = summary["best"]
+    if best:
+        click.echo(f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, macro-F1 {best['val_f1']:.3f} "
+                   f"({summary['device']}, {summary['amp']}); checkpoints, metrics.csv, curves.png in {summary['out']}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--shards", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", help="Which shard split.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Evaluate raw images instead: class folders, or a flat folder of <class>_<n>.jpg.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where confusion_matrix.png goes [default: the checkpoint's folder].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
+def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> None:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and a confusion matrix."""
+    from pipeline.discover import DatasetError
+    from pipeline.evaluate import Classifier, evaluate_dir, evaluate_shards
+    from pipeline.shard_format import ShardError
+    from pipeline.train import TrainingError
+
+    out = out or checkpoint.parent
+    try:
+        clf = Classifier.from_checkpoint(checkpoint, device)
+        rep = (evaluate_dir(clf, data_dir, out, progress=True) if data_dir
+               else evaluate_shards(clf, shards, split, out))
+    except (TrainingError, ShardError, DatasetError) as exc:
+        _fail(str(exc))
+    width = max(len(n) for n in rep["per_class"]) if rep["per_class"] else 10
+    click.echo(f"{'class':<{width}}  precision  recall     f1  support")
+    for name, r in rep["per_class"].items():
+        click.echo(f"{name:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1-score']:5.3f}  {int(r['support']):7d}")
+    click.echo(f"{rep['source']}: {rep['images']} images, accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}")
+    if rep.get("unknown_classes"):
+        click.echo(f"left out {rep['left_out']} images of classes the model does not know: "
+                   f"{', '.join(rep['unknown_classes'])}")
+    for f in rep.get("failed", []):
+        click.echo(f"could not read {f['path']}: {f['reason']}", err=True)
+    click.echo(f"confusion matrix: {rep['confusion_matrix_png']}")
+    if json_path:
+        json_path.write_text(json.dumps(rep, indent=2) + "\n")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--top-k", type=int, default=3, help="Classes shown per image.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+def predict(checkpoint, paths, top_k, device) -> None:
+    """Top-k classes with probabilities for image files or folders."""
+    from pipeline.evaluate import Classifier, predict_paths
+    from pipeline.train import TrainingError
+
+    try:
+        clf = Classifier.from_checkpoint(checkpoint, device)
+    except TrainingError as exc:
+        _fail(str(exc))
+    results = predict_paths(clf, list(paths), top_k)
+    if not results:
+        _fail("no image files found in the given paths")
+    for r in results:
+        if "error" in r:
+            click.echo(f"{r['path']}: ERROR {r['error']}")
+        else:
+            click.echo(f"{r['path']}: " + ", ".join(f"{n} {p:.3f}" for n, p in r["top"]))
+    if any("error" in r for r in results):
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     main()

@@ -41,3 +41,24 @@ def make_class_tree(root: Path, counts: dict[str, int], size=(40, 30), seed: int
             px = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
             Image.fromarray(px).save(root / name / f"img_{i:03d}.jpg", quality=90)
     return root
+
+
+def make_easy_set(root: Path, classes: int = 4, per_class: int = 24, seed: int = 0) -> Path:
+    """A small learnable set: look-alike images of the first ``classes`` classes, 64x48 px."""
+    from pipeline.synth import CLASS_COUNTS, render
+
+    for c in range(classes):
+        d = root / CLASS_COUNTS[c][0]
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            render(seed, c, i, size=(64, 48)).save(d / f"pic_{i:04d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def easy_shards(tmp_path_factory) -> Path:
+    """4 classes x 24 images at 32 px, 25% val, shards of ~20 images (several per split)."""
+    root = make_easy_set(tmp_path_factory.mktemp("easy"))
+    out = tmp_path_factory.mktemp("easy_shards")
+    preprocess(root, out, PreprocessConfig(size=32, val_frac=0.25, shard_mb=0.06), workers=1)
+    return out

@@ -1,0 +1,43 @@
+"""The two reference architectures behind one factory."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .bart import BART
+from .cnn4conv import CNN4Conv
+
+MODELS = {"cnn4conv": CNN4Conv, "bart": BART}
+
+# Each notebook's own recipe: (image size, optimizer, lr, batch, epochs, val split, seed).
+NOTEBOOK_RECIPES = {
+    "cnn4conv": {"image_size": 64, "lr": 1e-4, "batch_size": 32, "epochs": 40, "val_frac": 0.15, "seed": 42},
+    "bart": {"image_size": 128, "lr": 1e-3, "batch_size": 32, "epochs": 25, "val_frac": 0.20, "seed": 10},
+}
+
+
+def create_model(name: str, *, num_classes: int = 42, image_size: int = 128) -> nn.Module:
+    """Build a reference network.
+
+    Args:
+        name: ``cnn4conv`` or ``bart``.
+        num_classes: output logits.
+        image_size: input side in pixels; a multiple of 16 (both flatten
+            sizes are computed from it).
+
+    Raises:
+        ValueError: unknown name, or a size that is not a multiple of 16.
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if image_size < 16 or image_size % 16:
+        raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}; "
+                         f"preprocess with --size 64 or 128")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    return MODELS[name](num_classes=num_classes, image_size=image_size)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,165 @@
+"""Evaluate a checkpoint and predict images with it.
+
+:class:`Classifier` is the notebooks' "model + label encoder": it keeps the
+class names, the training normalisation and the preprocess options, and
+has ``predict`` / ``predict_proba``. Raw images go through the exact decode
+of preprocess (``pipeline.decode``), so inference sees what training saw.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from sklearn.metrics import classification_report, confusion_matrix, f1_score
+from tqdm import tqdm
+
+from model import create_model
+from .decode import DecodeError, decode_file
+from .discover import IMAGE_EXTENSIONS, DatasetError, discover
+from .loader import DeviceTransform
+from .shard_format import open_split
+from .train import load_checkpoint, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Classifier:
+    """A trained network with its label encoder and preprocessing."""
+
+    model: torch.nn.Module
+    class_names: list[str]
+    transform: DeviceTransform
+    image_size: int
+    fit: str
+    device: torch.device
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, device: str = "auto") -> "Classifier":
+        """Load with ``weights_only=True`` and rebuild the network from its saved config."""
+        ckpt = load_checkpoint(Path(path))
+        dev = resolve_device(device)
+        mcfg = ckpt["config"]["model"]
+        model = create_model(mcfg["name"], num_classes=mcfg["num_classes"], image_size=mcfg["image_size"])
+        model.load_state_dict(ckpt["model"])
+        model.to(dev, memory_format=torch.channels_last).eval()
+        fit = ckpt.get("preprocess", {}).get("fit", "squash")
+        return cls(model, list(ckpt["class_names"]), DeviceTransform(ckpt["mean"], ckpt["std"], dev, True),
+                   int(mcfg["image_size"]), fit, dev)
+
+    def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Class probabilities (N, C) for uint8 (N, H, W, 3) images."""
+        out = []
+        with torch.no_grad():
+            for s in range(0, len(images), batch_size):
+                xb = torch.from_numpy(np.ascontiguousarray(images[s: s + batch_size])).to(self.device)
+                out.append(torch.softmax(self.model(self.transform(xb)).float(), 1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), dtype=np.float32)
+
+    def predict(self, images: np.ndarray) -> list[str]:
+        """Class names for uint8 (N, H, W, 3) images."""
+        return [self.class_names[i] for i in self.predict_proba(images).argmax(1)]
+
+    def load_image(self, path: Path) -> np.ndarray:
+        """Decode one file exactly as preprocess did. Raises DecodeError/OSError."""
+        return decode_file(path, self.image_size, self.fit)
+
+
+def _report(clf: Classifier, y_true: np.ndarray, probs: np.ndarray, out_dir: Path, extra: dict) -> dict:
+    from .plots import plot_confusion
+
+    y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+    labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    names = [clf.class_names[i] for i in labels]
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_confusion(cm, names, out_dir / "confusion_matrix.png")
+    per_class = classification_report(y_true, y_pred, labels=labels, target_names=names, output_dict=True,
+                                      zero_division=0)
+    return {"images": int(len(y_true)), "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else 0.0,
+            "per_class": {n: per_class[n] for n in names}, "confusion_matrix_png": str(out_dir / "confusion_matrix.png"),
+            **extra}
+
+
+def evaluate_shards(clf: Classifier, shards: Path, split: str, out_dir: Path) -> dict:
+    """Metrics of ``clf`` on one split of a shard set."""
+    ss = open_split(shards, split)
+    if ss.class_names != clf.class_names or ss.image_size != clf.image_size:
+        raise DatasetError(f"{shards}: {ss.image_size} px / {len(ss.class_names)} classes, the model was "
+                           f"trained on {clf.image_size} px / {len(clf.class_names)} classes")
+    return _report(clf, ss.labels, clf.predict_proba(ss.load_all()), out_dir, {"source": f"{shards} ({split})"})
+
+
+def _flat_class(name: str) -> str:
+    """``homer_simpson_12.jpg`` -> ``homer_simpson`` (the public test set's layout)."""
+    stem = Path(name).stem
+    head, _, tail = stem.rpartition("_")
+    return head if head and tail.isdigit() else stem
+
+
+def evaluate_dir(clf: Classifier, data_dir: Path, out_dir: Path, progress: bool = False) -> dict:
+    """Metrics on raw images: class folders, or a flat folder named ``<class>_<n>.jpg``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetError(f"{data_dir}: no such folder")
+    flat = [p for p in sorted(data_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    if flat:
+        items = [(p, _flat_class(p.name)) for p in flat]
+    else:
+        disc = discover(data_dir)
+        items = [(data_dir / rel, disc.classes[label]) for rel, label in disc.files]
+    known = {n: i for i, n in enumerate(clf.class_names)}
+    unknown = sorted({c for _, c in items if c not in known})
+    images, labels, failed = [], [], []
+    for path, cname in tqdm(items, desc="decode", unit="img", disable=not progress):
+        if cname not in known:
+            continue
+        try:
+            images.append(clf.load_image(path))
+            labels.append(known[cname])
+        except (DecodeError, OSError) as exc:
+            failed.append({"path": str(path), "reason": str(exc)})
+    if not images:
+        raise DatasetError(f"{data_dir}: no image of a known class decoded")
+    return _report(clf, np.array(labels), clf.predict_proba(np.stack(images)), out_dir,
+                   {"source": str(data_dir), "unknown_classes": unknown,
+                    "left_out": sum(1 for _, c in items if c not in known), "failed": failed})
+
+
+def expand_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; folders as their image files, recursively, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
+                          and not q.name.startswith("."))
+        else:
+            out.append(p)
+    return out
+
+
+def predict_paths(clf: Classifier, paths: list[Path], top_k: int = 3) -> list[dict]:
+    """Top-k (class, probability) per image; an unreadable file gets an ``error`` instead."""
+    results, images, slots = [], [], []
+    for p in expand_paths(paths):
+        try:
+            images.append(clf.load_image(p))
+            slots.append(len(results))
+            results.append({"path": str(p)})
+        except (DecodeError, OSError) as exc:
+            results.append({"path": str(p), "error": str(exc) if isinstance(exc, DecodeError)
+                            else f"cannot read: {exc.strerror or exc}"})
+    if images:
+        probs = clf.predict_proba(np.stack(images))
+        k = min(top_k, probs.shape[1])
+        for slot, pr in zip(slots, probs):
+            top = np.argsort(-pr)[:k]
+            results[slot]["top"] = [(clf.class_names[i], float(pr[i])) for i in top]
+    return results

@@ -1,0 +1,311 @@
+"""Batches from shards to the model: epoch plans, readers, device transform.
+
+Hops a batch makes from disk to the model:
+
+* streaming (``cache='none'``): (1) a DataLoader worker gathers the batch's
+  rows from its memory map of the shard (page cache -> one uint8 tensor
+  allocated directly in shared memory, so handing it to the main process
+  copies nothing); on CUDA (2) the pin-memory thread copies it to pinned
+  memory and (3) one ``non_blocking`` DMA puts it on the GPU. On CPU the
+  shared batch is used as is: one copy from disk to model.
+* resident in RAM (``cache='ram'``): (1) one gather from the in-RAM split
+  (into pinned memory on CUDA) and (2) the DMA; no worker processes.
+* resident on the device (``cache='device'``): the split was copied to the
+  GPU once; each batch is one gather there, zero host hops.
+
+Pixels stay uint8 (a quarter of float32's bytes) until they are on the
+device; :class:`DeviceTransform` then converts, normalises with the
+preprocess-time mean/std, and augments the whole batch at once.
+
+Order: an epoch is a pure function of (seed, epoch): shards in a random
+order, samples shuffled within each shard (so a worker's reads stay inside
+one 64 MB shard at a time). Rank r of W takes every W-th sample, truncated
+to an equal length, so ranks never wait on each other at an epoch's end.
+Batches come back in plan order whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from .config import LoaderConfig
+from .shard_format import SplitSet
+
+logger = logging.getLogger(__name__)
+
+
+def epoch_order(offsets: np.ndarray, labels: np.ndarray, seed: int, epoch: int, shuffle: bool = True,
+                balance: bool = False) -> np.ndarray:
+    """The global sample order of one epoch (every sample once unless ``balance``).
+
+    Args:
+        offsets: (S + 1,) first global index of each shard.
+        labels: (N,) labels, used by ``balance``.
+        seed, epoch: the order is a function of these alone.
+        shuffle: False gives 0..N-1 (evaluation).
+        balance: draw N samples with replacement, each class equally likely.
+    """
+    n = int(offsets[-1])
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch, 11])
+    if balance:
+        counts = np.bincount(labels)
+        weights = 1.0 / counts[labels]
+        return np.sort(rng.choice(n, size=n, p=weights / weights.sum()))[rng.permutation(n)]
+    parts = [offsets[s] + rng.permutation(offsets[s + 1] - offsets[s]) for s in rng.permutation(len(offsets) - 1)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+
+
+class EpochBatchSampler(Sampler):
+    """Yields this rank's batches of global indices for the current epoch.
+
+    Args:
+        offsets, labels: the split's shard offsets and labels.
+        batch_size: samples per batch (the last batch may be smaller).
+        seed: with the epoch, fixes the order.
+        rank, world_size: this process's share (disjoint, equal length).
+        shuffle: False for evaluation (in order; ranks may differ by one).
+        balance: class-balanced sampling.
+    """
+
+    def __init__(self, offsets: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True, balance: bool = False) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.offsets, self.labels = offsets, labels
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.balance = shuffle, balance
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> np.ndarray:
+        """This rank's samples for the current epoch, in order."""
+        order = epoch_order(self.offsets, self.labels, self.seed, self.epoch, self.shuffle, self.balance)
+        mine = order[self.rank::self.world_size]
+        if self.shuffle:  # training: equal length on every rank
+            mine = mine[: len(order) // self.world_size]
+        return mine
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        idx = self.indices()
+        for start in range(0, len(idx), self.batch_size):
+            yield idx[start: start + self.batch_size]
+
+    def __len__(self) -> int:
+        n = int(self.offsets[-1])
+        per_rank = n // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
+        return -(-per_rank // self.batch_size)
+
+
+class ShardBatchDataset(Dataset):
+    """Map-style dataset whose item is a whole batch: ``ds[index_array]``.
+
+    Each worker maps the shards lazily on first use (maps and HDF5 handles
+    must not cross a fork) and gathers a batch with one ``np.take`` per
+    shard it touches: no per-sample Python.
+    """
+
+    def __init__(self, split: SplitSet) -> None:
+        self.shards = split.shards
+        self.offsets = split.offsets
+        self.labels = torch.from_numpy(split.labels)
+        self.size = split.image_size
+        self._maps: Optional[list] = None
+        self._pid: Optional[int] = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _open(self) -> list:
+        import os
+
+        if self._maps is None or self._pid != os.getpid():
+            self._maps = [s.images_map() for s in self.shards]
+            self._pid = os.getpid()
+        return self._maps
+
+    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self._open()
+        idx = np.asarray(idx, dtype=np.int64)
+        shape = (len(idx), self.size, self.size, 3)
+        if get_worker_info() is not None:
+            # Allocate the batch in shared memory up front, as default_collate
+            # does, so sending it to the main process copies nothing.
+            storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(int(np.prod(shape)))
+            out = torch.empty(0, dtype=torch.uint8).new(storage).view(shape)
+        else:
+            out = torch.empty(shape, dtype=torch.uint8)
+        dst = out.numpy()
+        sid = np.searchsorted(self.offsets, idx, side="right") - 1
+        for s in np.unique(sid):
+            sel = sid == s
+            local = idx[sel] - self.offsets[s]
+            if sel.all():
+                np.take(maps[s], local, axis=0, out=dst)
+            else:
+                dst[sel] = maps[s][local]
+        return out, self.labels[torch.from_numpy(idx)]
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy/random in a worker from torch's per-worker seed (itself from the loader's Generator)."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+class BatchLoader:
+    """Uint8 NHWC batches of one split, on the target device.
+
+    Built by :func:`create_loader`; iterate it once per epoch after
+    :meth:`set_epoch`. Yields ``(images uint8 (B, H, W, 3), labels int64)``
+    already on ``device``.
+    """
+
+    def __init__(self, split: SplitSet, cfg: LoaderConfig, device: torch.device, mode: str,
+                 sampler: EpochBatchSampler) -> None:
+        self.split, self.cfg, self.device, self.mode, self.sampler = split, cfg, device, mode, sampler
+        self.labels = torch.from_numpy(split.labels)
+        self._loader: Optional[DataLoader] = None
+        self._images: Optional[torch.Tensor] = None
+        if mode in ("ram", "device"):
+            images = torch.from_numpy(split.load_all())
+            self._images = images.to(device) if mode == "device" else images
+            self._labels_dev = self.labels.to(device)
+        else:
+            cuda = device.type == "cuda"
+            workers = cfg.workers
+            self._loader = DataLoader(
+                ShardBatchDataset(split), sampler=sampler, batch_size=None, num_workers=workers,
+                pin_memory=cuda, persistent_workers=workers > 0,
+                prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+                worker_init_fn=_seed_worker if workers > 0 else None,
+                generator=torch.Generator().manual_seed(cfg.seed),
+                multiprocessing_context="fork" if workers > 0 else None,
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sampler.indices())
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        nb = self.device.type == "cuda"
+        if self._loader is not None:
+            for x, y in self._loader:
+                yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+            return
+        for idx in self.sampler:
+            if self.mode == "device":
+                t = torch.from_numpy(idx).to(self.device)
+                yield self._images.index_select(0, t), self._labels_dev.index_select(0, t)
+            else:
+                t = torch.from_numpy(idx)
+                buf = torch.empty((len(idx),) + tuple(self._images.shape[1:]), dtype=torch.uint8, pin_memory=nb)
+                torch.index_select(self._images, 0, t, out=buf)
+                yield buf.to(self.device, non_blocking=nb), self.labels[t].to(self.device, non_blocking=nb)
+
+
+def resolve_cache(cache: str, split: SplitSet, device: torch.device) -> str:
+    """``auto``: device if the split takes under 40% of free GPU memory, RAM if
+    under 30% of available RAM, else streaming."""
+    if cache != "auto":
+        if cache == "device" and device.type != "cuda":
+            return "ram"  # on CPU the device is RAM
+        return cache
+    nbytes = len(split) * split.image_size ** 2 * 3
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if nbytes < 0.4 * free:
+            return "device"
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        avail = 0
+    return "ram" if nbytes < 0.3 * avail else "none"
+
+
+import os  # noqa: E402  (used by resolve_cache; kept near its one use)
+
+
+def create_loader(split: SplitSet, cfg: LoaderConfig, *, device: torch.device, train: bool,
+                  rank: int = 0, world_size: int = 1) -> BatchLoader:
+    """Build the loader for one split.
+
+    Args:
+        split: an opened split (``shard_format.open_split``).
+        cfg: batch size, workers, cache mode, balance, seed.
+        device: where batches are delivered.
+        train: shuffled (and balanced if asked); else in order.
+        rank, world_size: this process's part of every epoch.
+    """
+    sampler = EpochBatchSampler(split.offsets, split.labels, cfg.batch_size, seed=cfg.seed, rank=rank,
+                                world_size=world_size, shuffle=train, balance=train and cfg.balance)
+    mode = resolve_cache(cfg.cache, split, device)
+    logger.info("loader: %d images, cache=%s, workers=%d", len(split), mode, cfg.workers)
+    return BatchLoader(split, cfg, device, mode, sampler)
+
+
+class DeviceTransform:
+    """uint8 NHWC batch on the device -> normalised float NCHW, augmented.
+
+    Augmentation is one ``affine_grid`` + ``grid_sample`` for the whole batch:
+    a random horizontal flip, a random zoom-in of 1.0-1.15x (a small random
+    resized crop) and a shift of up to 8% of the side, reflection-padded.
+    Its random numbers come from a CPU generator seeded once, so a run is
+    reproducible and the state can be checkpointed.
+
+    Args:
+        mean, std: per-channel statistics in [0, 1] (from the manifest).
+        device: where batches live.
+        channels_last: keep the NHWC memory layout (faster convs on CUDA).
+        seed: seeds the augmentation generator.
+    """
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool = False, seed: int = 0) -> None:
+        mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
+        std = torch.as_tensor(np.asarray(std), dtype=torch.float32)
+        # x * scale - shift == (x / 255 - mean) / std, one fused pass
+        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device)
+        self.shift = (mean / std).view(1, 3, 1, 1).to(device)
+        self.channels_last = channels_last
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last for free
+        x = x.float() if self.channels_last else x.contiguous().float()
+        x = x.mul_(self.scale).sub_(self.shift)
+        if augment:
+            x = self._augment(x)
+        return x
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        g = self.generator
+        flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+        zoom = 1.0 / (1.0 + 0.15 * torch.rand(n, generator=g))  # sample 87-100% of the side
+        shift = (torch.rand(n, 2, generator=g) * 2 - 1) * 0.16   # +-8% of the side ([-1, 1] is 2 wide)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0] = zoom * flip
+        theta[:, 1, 1] = zoom
+        theta[:, :, 2] = shift
+        theta = theta.to(x.device, non_blocking=True)
+        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+        out = torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
+                                              align_corners=False)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out
