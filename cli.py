@@ -167,11 +167,16 @@ def verify(out: Path) -> None:
 @click.option("--augment/--no-augment", default=None, help="Flip + small crop on the device [default: recipe's].")
 @click.option("--balance", is_flag=True, help="Class-balanced sampling for the long tail.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--sync-bn", is_flag=True, help="Under torchrun on CUDA: BatchNorm statistics over all GPUs.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: runs/MODEL-RECIPE].")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue a run from its last.pt.")
 def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment, balance,
-          compile_, out, resume) -> None:
-    """Train a reference model on the shards (metrics, checkpoints, curves in the run folder)."""
+          compile_, sync_bn, out, resume) -> None:
+    """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
+
+    Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
+    DistributedDataParallel; --batch-size is per process.
+    """
     from dataclasses import replace
 
     from pipeline.config import LoaderConfig, ModelConfig, RunConfig
@@ -195,14 +200,15 @@ def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device,
                                  **({"augment": augment} if augment is not None else {})})
         out = out or Path("runs") / f"{model_name}-{recipe}"
         plan = TrainPlan(ModelConfig(name=model_name), optim, loader,
-                         RunConfig(seed=seed, device=device, amp=amp, compile=compile_, out=str(out), recipe=recipe))
+                         RunConfig(seed=seed, device=device, amp=amp, compile=compile_, sync_bn=sync_bn,
+                                   out=str(out), recipe=recipe))
         summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
-    except (TrainingError, ShardError, ValueError) as exc:
+    except (TrainingError, ShardError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         sys.exit(130)
     best = summary["best"]
-    if best:
+    if best and summary["rank"] == 0:
         click.echo(f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, macro-F1 {best['val_f1']:.3f} "
                    f"({summary['device']}, {summary['amp']}); checkpoints, metrics.csv, curves.png in {summary['out']}")
 
@@ -270,6 +276,68 @@ def predict(checkpoint, paths, top_k, device) -> None:
             click.echo(f"{r['path']}: " + ", ".join(f"{n} {p:.3f}" for n, p in r["top"]))
     if any("error" in r for r in results):
         sys.exit(2)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Images to measure [default: the embedded look-alike set].")
+@click.option("--size", type=int, default=128, help="Square image side in pixels.")
+@click.option("--model", "model_name", type=click.Choice(["bart", "cnn4conv"]), default="bart",
+              help="Network for the training-step stage.")
+@click.option("--workers", type=int, default=None, help="Workers for every parallel variant [default: CPU count].")
+@click.option("--batch-size", type=int, default=None, help="The project's batch size [default: 128, --quick 32].")
+@click.option("--limit", type=int, default=None, help="At most this many images [default: all, --quick 600].")
+@click.option("--steps", type=int, default=None, help="Timed training steps per variant [default: 5, --quick 2].")
+@click.option("--quick", is_flag=True, help="Smoke run: under a minute on 2 cores.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write every figure, the options and the environment as JSON.")
+def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, json_path) -> None:
+    """Throughput of every stage against the notebooks' way, side by side in one run."""
+    from pipeline.bench import run_bench
+    from pipeline.config import BenchConfig
+    from pipeline.discover import DatasetError
+    from pipeline.env import cpu_count
+
+    try:
+        cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=size, model=model_name,
+                          workers=workers or cpu_count(), batch_size=batch_size or (32 if quick else 128),
+                          quick=quick, limit=limit if limit is not None else (600 if quick else 0),
+                          repeats=2 if quick else 3, steps=steps or (2 if quick else 5))
+        r = run_bench(cfg, progress=lambda m: click.echo(m, err=True))
+    except (DatasetError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    env = r["environment"]
+    click.echo(f"bench: {cfg.data_dir} at {size}px, {cfg.workers} workers, batch {cfg.batch_size}, device {r['device']}")
+    click.echo(f"       {env['cpu_model']} x {env['cpu_count']}, PIL {env['pil_version']} "
+               f"({'Pillow-SIMD' if env['pillow_simd'] else 'Pillow'}, libjpeg-turbo {env['libjpeg_turbo']}), "
+               f"torch {env['torch']}")
+    p = r["preprocess"]
+    click.echo("\n1. preprocess                      images/s   peak MB")
+    click.echo(f"   project (parallel, draft)     {p['project']['images_per_s']:10.0f}  {p['project']['peak_mb']:8.0f}")
+    click.echo(f"   notebooks' loop               {p['notebook_loop']['images_per_s']:10.0f}  {p['notebook_loop']['peak_mb']:8.0f}")
+    click.echo(f"   ratio                         {p['ratio']:9.2f}x")
+    ld = r["loading"]
+    rates = ld["images_per_s"]
+    click.echo("\n2. one epoch of loading           images/s")
+    for key, label in (("project_dataloader", "project DataLoader (shards)"), ("project_resident", "project resident"),
+                       ("notebook_loader", "notebooks' loader (float32)"), ("decode_every_epoch", "decode every epoch"),
+                       ("memory_limit_numpy", "memory limit, numpy gather"),
+                       ("memory_limit_torch", "memory limit, torch gather")):
+        click.echo(f"   {label:<29} {rates[key]:10.0f}")
+    click.echo(f"   DataLoader / notebooks'       {ld['dataloader_vs_notebook']:9.2f}x")
+    click.echo(f"   DataLoader / decode-every     {ld['dataloader_vs_decode']:9.2f}x")
+    click.echo(f"   resident / memory limit       {100 * ld['resident_vs_memory_limit']:9.1f}%")
+    click.echo(f"\n3. {model_name} training step      compute img/s  end-to-end img/s  data wait")
+    for key, t in r["training"].items():
+        if "skipped" in t:
+            click.echo(f"   {key:<8} skipped: {t['skipped']}")
+        else:
+            click.echo(f"   {key:<5} ({t['dtype']:<8})  {t['compute_images_per_s']:13.1f}  "
+                       f"{t['end_to_end_images_per_s']:16.1f}  {100 * t['data_wait_share']:8.2f}%")
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(r, indent=2, default=str) + "\n")
+        click.echo(f"\nwrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -142,6 +142,7 @@ class RunConfig:
     device: str = "auto"
     amp: bool = False
     compile: bool = False
+    sync_bn: bool = False
     out: str = "runs/default"
     recipe: str = "default"
 
@@ -155,3 +156,30 @@ def from_dict(cls: type, data: dict) -> Any:
     """Rebuild a config, ignoring keys a newer version may have added."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One ``cli.py bench`` run, saved with its figures.
+
+    Attributes:
+        data_dir: the image folder measured (class sub-folders).
+        size: square image side in pixels.
+        model: network for the training-step stage.
+        workers: worker processes for every parallel variant.
+        batch_size: the project's batch size (the notebooks' is 32).
+        quick: a smoke run (< 1 minute on 2 cores): fewer images and steps.
+        limit: at most this many images (0 = all).
+        repeats: timed repeats of each cheap measurement (the median is kept).
+        steps: timed training steps per variant.
+    """
+
+    data_dir: str = ""
+    size: int = 128
+    model: str = "bart"
+    workers: int = 2
+    batch_size: int = 128
+    quick: bool = False
+    limit: int = 0
+    repeats: int = 3
+    steps: int = 5

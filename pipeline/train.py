@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model import NOTEBOOK_RECIPES, count_parameters, create_model
+from . import distributed as dd
 from .config import LoaderConfig, ModelConfig, OptimConfig, RunConfig, to_dict
 from .loader import DeviceTransform, create_loader
 from .shard_format import open_split, read_manifest
@@ -141,8 +142,12 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autocast, num_classes: int,
-                     label_smoothing: float = 0.0) -> dict:
-    """Loss, accuracy and macro-F1 of ``model`` over a loader (no grad)."""
+                     label_smoothing: float = 0.0, ctx: Optional[dd.DistContext] = None) -> dict:
+    """Loss, accuracy and macro-F1 of ``model`` over a loader (no grad).
+
+    Under torchrun each rank scores its part of the split and the
+    predictions are gathered, so every rank reports the whole split's metrics.
+    """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
     preds, trues = [], []
@@ -156,6 +161,11 @@ def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autoc
             trues.append(yb.cpu())
     y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
     y_true = torch.cat(trues).numpy() if trues else np.zeros(0, dtype=np.int64)
+    if ctx is not None and ctx.distributed:
+        parts = dd.gather_objects(ctx, (y_true.tolist(), y_pred.tolist(), float(loss_sum)))
+        y_true = np.array([v for p in parts for v in p[0]], dtype=np.int64)
+        y_pred = np.array([v for p in parts for v in p[1]], dtype=np.int64)
+        loss_sum = torch.tensor(sum(p[2] for p in parts), dtype=torch.float64)
     n = max(1, len(y_true))
     return {"loss": float(loss_sum) / n, "acc": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
             "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else 0.0,
@@ -189,19 +199,42 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         raise TrainingError(f"the shards in {shards} are {size} px; {mcfg.name} needs a multiple of 16: "
                             f"run `python cli.py preprocess --size 128 --force`")
     plan = replace(plan, model=mcfg)
-    device = resolve_device(plan.run.device)
+    resolve_device(plan.run.device)  # a clear error before any process group is joined
+    ctx = dd.setup(plan.run.device)
+    try:
+        return _run(shards, plan, manifest, train_split, val_split, ctx, resume, progress, say, stop_after)
+    finally:
+        dd.cleanup(ctx)
+
+
+def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.DistContext, resume, progress,
+         say, stop_after) -> dict:
+    mcfg, device = plan.model, ctx.device
+    size, classes = mcfg.image_size, train_split.class_names
+    if not ctx.is_main:  # one voice, one set of files: rank 0's
+        say, progress = (lambda _msg: None), False
     out = Path(plan.run.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
         if ckpt["class_names"] != classes or ckpt["config"]["model"]["image_size"] != size:
             raise TrainingError(f"{resume} was trained on {ckpt['config']['model']['image_size']} px with "
                                 f"{len(ckpt['class_names'])} classes; the shards in {shards} differ")
-    torch.manual_seed(plan.run.seed)  # model init
+        if len(ckpt["rng"]) != ctx.world_size:
+            raise TrainingError(f"{resume} was written by {len(ckpt['rng'])} processes; resume with the same "
+                                f"world size (got {ctx.world_size})")
+    torch.manual_seed(plan.run.seed)  # model init: identical on every rank
     model = create_model(mcfg.name, num_classes=mcfg.num_classes, image_size=mcfg.image_size)
+    torch.manual_seed(plan.run.seed + 1_000_003 * ctx.rank)  # dropout: a stream per rank
     say(f"model {mcfg.name}: {count_parameters(model):,} parameters, {size}x{size} px, {len(classes)} classes, "
-        f"{len(train_split)} train / {len(val_split)} val images")
+        f"{len(train_split)} train / {len(val_split)} val images"
+        + (f", {ctx.world_size} processes x batch {plan.loader.batch_size}" if ctx.distributed else ""))
+    if plan.run.sync_bn:
+        if device.type != "cuda":
+            raise TrainingError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     channels_last = True  # measured faster on CPU (1.3x) and CUDA
     model = model.to(device, memory_format=torch.channels_last)
     dtype = amp_dtype(device, plan.run.amp)
@@ -215,16 +248,23 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
     else:
         raise TrainingError(f"unknown optimizer {o.optimizer!r}")
-    train_loader = create_loader(train_split, plan.loader, device=device, train=True)
-    val_loader = create_loader(val_split, replace(plan.loader, balance=False), device=device, train=False)
+    rk = {"rank": ctx.rank, "world_size": ctx.world_size}
+    train_loader = create_loader(train_split, plan.loader, device=device, train=True, **rk)
+    val_loader = create_loader(val_split, replace(plan.loader, balance=False), device=device, train=False, **rk)
     steps = len(train_loader)
     if o.schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=o.lr, total_steps=o.epochs * steps,
                                                         pct_start=0.25, div_factor=20.0, final_div_factor=200.0)
     else:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    transform = DeviceTransform(train_split.mean, train_split.std, device, channels_last, seed=plan.loader.seed)
-    model_fwd = torch.compile(model) if plan.run.compile else model
+    transform = DeviceTransform(train_split.mean, train_split.std, device, channels_last,
+                                seed=plan.loader.seed + 1_000_003 * ctx.rank)
+    model_fwd = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model_fwd = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model_fwd = torch.compile(model_fwd) if plan.run.compile else model_fwd
     history: list[dict] = []
     start, best_f1 = 0, -1.0
     if ckpt is not None:
@@ -232,17 +272,21 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"], transform)
+        _set_rng_state(ckpt["rng"][ctx.rank], transform)
         start, best_f1, history = ckpt["epoch"] + 1, ckpt["best_f1"], list(ckpt["history"])
         say(f"resumed from {resume} after epoch {start}")
-    (out / "config.json").write_text(json.dumps({**plan.to_dict(), "shards": str(shards),
-                                                 "shards_fingerprint": manifest.get("fingerprint")},
-                                                indent=2) + "\n")
+    if ctx.is_main:
+        (out / "config.json").write_text(json.dumps({**plan.to_dict(), "shards": str(shards),
+                                                     "world_size": ctx.world_size,
+                                                     "shards_fingerprint": manifest.get("fingerprint")},
+                                                    indent=2) + "\n")
 
-    def payload(epoch: int) -> dict:
+    def payload(epoch: int, gather: bool = True) -> dict:
+        # every rank's RNG state, for an exact resume (a collective: all ranks call it)
+        rng = dd.gather_objects(ctx, _rng_state(transform)) if gather else [_rng_state(transform)]
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
-                "best_f1": best_f1, "history": history, "rng": _rng_state(transform),
+                "best_f1": best_f1, "history": history, "rng": rng, "world_size": ctx.world_size,
                 "class_names": classes, "mean": train_split.mean.tolist(), "std": train_split.std.tolist(),
                 "config": plan.to_dict(), "preprocess": manifest["options"],
                 "format": "simpsons-shards-checkpoint-1"}
@@ -252,37 +296,41 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
     try:
         for epoch in range(start, last_epoch):
             stats = _train_epoch(model, model_fwd, train_loader, transform, optimizer, scheduler, scaler,
-                                 autocast, o.label_smoothing, plan.loader.augment, epoch, progress)
-            val = evaluate_batches(model, val_loader, transform, autocast, len(classes))
+                                 autocast, o.label_smoothing, plan.loader.augment, epoch, progress, ctx)
+            val = evaluate_batches(model, val_loader, transform, autocast, len(classes), ctx=ctx)
             row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
                    "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"]}
             history.append(row)
             improved = val["f1"] > best_f1
             best_f1 = max(best_f1, val["f1"])
             data = payload(epoch)
-            save_checkpoint(out / "last.pt", data)
-            if improved:
-                save_checkpoint(out / "best.pt", data)
-            _write_metrics(out, history)
+            if ctx.is_main:
+                save_checkpoint(out / "last.pt", data)
+                if improved:
+                    save_checkpoint(out / "best.pt", data)
+                _write_metrics(out, history)
             say(f"epoch {epoch + 1}/{o.epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.3f} | "
                 f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-F1 {val['f1']:.3f} | "
                 f"{stats['seconds']:.1f} s, {stats['images_per_s']:.0f} img/s, data wait "
                 f"{100 * stats['data_wait']:.1f}%{' *best*' if improved else ''}")
     except KeyboardInterrupt:
-        save_checkpoint(out / "interrupted.pt", payload(epoch - 1))
+        if ctx.is_main:  # no collective here: the other ranks are being interrupted too
+            save_checkpoint(out / "interrupted.pt", payload(epoch - 1, gather=False))
         say(f"interrupted: weights saved to {out / 'interrupted.pt'}; resume from {out / 'last.pt'}")
         raise
     finally:
-        if history:
+        if history and ctx.is_main:
             from .plots import plot_curves
             plot_curves(history, out / "curves.png")
     best = max(history, key=lambda h: h["val_f1"]) if history else {}
-    return {"out": str(out), "history": history, "best": best, "device": str(device),
-            "amp": str(dtype).replace("torch.", "") if dtype else "fp32", "config": plan.to_dict()}
+    return {"out": str(out), "history": history, "best": best, "device": str(device), "rank": ctx.rank,
+            "world_size": ctx.world_size, "amp": str(dtype).replace("torch.", "") if dtype else "fp32",
+            "config": plan.to_dict(), "model": model}
 
 
 def _train_epoch(model, model_fwd, loader, transform, optimizer, scheduler, scaler, autocast,
-                 label_smoothing: float, augment: bool, epoch: int, progress: bool) -> dict:
+                 label_smoothing: float, augment: bool, epoch: int, progress: bool,
+                 ctx: Optional[dd.DistContext] = None) -> dict:
     model.train()
     loader.set_epoch(epoch)
     dev = next(model.parameters()).device
@@ -315,13 +363,18 @@ def _train_epoch(model, model_fwd, loader, transform, optimizer, scheduler, scal
         correct += (logits.argmax(1) == yb).sum()
         seen += len(yb)
         step += 1
-        if step % 20 == 0 and not math.isfinite(float(loss_sum)):  # one sync per 20 steps
+        # One sync per 20 steps; under torchrun the check waits for the epoch's
+        # all-reduce, so every rank stops together instead of one hanging.
+        if step % 20 == 0 and (ctx is None or not ctx.distributed) and not math.isfinite(float(loss_sum)):
             break
         bar.update()
     bar.close()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    if ctx is not None and ctx.distributed:
+        sums = dd.all_reduce_sum(ctx, torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)]))
+        loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
     total = float(loss_sum)
     if not math.isfinite(total):
         raise TrainingError(f"loss became {total} in epoch {epoch + 1}; the last good checkpoint is kept "

@@ -1,0 +1,298 @@
+"""``cli.py bench``: every stage against the notebooks' way, in one run.
+
+Stages, all on the same images at the same size and worker count:
+
+1. preprocess: the project's parallel reduced-size decode into shards vs the
+   notebooks' loop (open, convert to RGB, resize, ``np.array``, one image
+   after another, all kept in RAM); each runs in a fresh process so its
+   peak memory (ru_maxrss) is its own.
+2. one epoch of loading: the project's DataLoader path and resident path vs
+   the notebooks' loader (in-RAM uint8 array, a Dataset making float32 CHW
+   per sample, batch 32, shuffle) vs a loader that decodes every JPEG every
+   epoch (ImageFolder-style, same workers) vs the memory limit (random
+   batch gathers from one in-RAM uint8 array).
+3. training step: compute alone (batch already on the device) vs end to end
+   with the loader, with and without AMP; CUDA timings synchronised.
+
+Both resizes use the same antialiased bilinear filter, so the preprocess
+ratio measures the pipeline, not a cheaper filter. Figures are medians of
+``repeats`` runs after a warm-up where a run is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import BenchConfig, PreprocessConfig, to_dict
+from .discover import discover
+
+logger = logging.getLogger(__name__)
+
+
+def _median_rate(fn: Callable[[], int], repeats: int) -> float:
+    """Images/s of ``fn`` (which returns how many images it handled): median of repeats."""
+    rates = []
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def _subset(root: Path, limit: int, dest: Path) -> Path:
+    """``root`` itself, or a class-folder tree of symlinks to an evenly spread ``limit`` files."""
+    disc = discover(root)
+    if not limit or limit >= len(disc.files):
+        return root
+    pick = np.linspace(0, len(disc.files) - 1, limit).astype(int)
+    for i in pick:
+        rel = disc.files[i][0]
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).symlink_to((root / rel).resolve())
+    return dest
+
+
+# --- stage 1: preprocess -------------------------------------------------------------------------
+
+def _notebook_loop(files: list[Path], size: int) -> list:
+    """The notebooks' way: decode at full size, convert, resize, keep every array in RAM."""
+    from PIL import Image
+
+    from .decode import RESAMPLE
+
+    out = []
+    for p in files:
+        try:
+            out.append(np.array(Image.open(p).convert("RGB").resize((size, size), RESAMPLE)))
+        except OSError:
+            pass
+    return out
+
+
+def _run_measured(conn, kind: str, root: str, out: str, size: int, workers: int) -> None:
+    """Child process body: time one preprocess variant and report its peak memory."""
+    from PIL import Image  # noqa: F401  (imports happen before the clock starts, for both)
+
+    from .preprocess import preprocess
+
+    t = time.perf_counter()
+    if kind == "notebook":
+        disc = discover(Path(root))
+        n = len(_notebook_loop([Path(root) / rel for rel, _ in disc.files], size))
+    else:
+        m = preprocess(Path(root), Path(out), PreprocessConfig(size=size), workers=workers, force=True)
+        n = m["counts"]["train"] + m["counts"]["val"]
+    dt = time.perf_counter() - t
+    self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    conn.send((n, dt, self_kb, child_kb))
+
+
+def _measure_process(kind: str, root: Path, out: Path, size: int, workers: int) -> dict:
+    ctx = mp.get_context("spawn")  # a fresh interpreter: its peak memory is this variant's alone
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_run_measured, args=(send, kind, str(root), str(out), size, workers))
+    proc.start()
+    n, dt, self_kb, child_kb = recv.recv()
+    proc.join()
+    peak_mb = (self_kb + (workers * child_kb if kind != "notebook" else 0)) / 1024
+    return {"images": n, "seconds": dt, "images_per_s": n / dt, "peak_mb": peak_mb}
+
+
+def bench_preprocess(root: Path, shards: Path, cfg: BenchConfig) -> dict:
+    disc = discover(root)
+    for rel, _ in disc.files:  # warm the page cache for both contenders
+        (root / rel).read_bytes()
+    ours = _measure_process("project", root, shards, cfg.size, cfg.workers)
+    base = _measure_process("notebook", root, shards, cfg.size, cfg.workers)
+    return {"project": ours, "notebook_loop": base, "ratio": ours["images_per_s"] / base["images_per_s"]}
+
+
+# --- stage 2: one epoch of loading ---------------------------------------------------------------
+
+def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from .config import LoaderConfig
+    from .decode import RESAMPLE
+    from .loader import create_loader
+    from .shard_format import open_split
+
+    split = open_split(shards, "train")
+    images = split.load_all()
+    n = len(images)
+    res = {}
+
+    def epoch_of(loader, epoch=0) -> int:
+        loader.set_epoch(epoch)
+        seen = 0
+        for x, _ in loader:
+            seen += len(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return seen
+
+    for name, cache in (("project_dataloader", "none"), ("project_resident", "device" if device.type == "cuda" else "ram")):
+        lc = LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers if cache == "none" else 0, cache=cache)
+        loader = create_loader(split, lc, device=device, train=True)
+        epoch_of(loader)  # warm-up: worker start, page cache, allocator
+        res[name] = _median_rate(lambda: epoch_of(loader, 1), cfg.repeats)
+        del loader
+
+    class NotebookDataset(Dataset):  # the notebooks' per-sample float32 conversion
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            return torch.from_numpy(images[i].transpose(2, 0, 1).astype(np.float32) / 255.0), int(split.labels[i])
+
+    nb = DataLoader(NotebookDataset(), batch_size=32, shuffle=True)
+    res["notebook_loader"] = _median_rate(lambda: sum(len(x) for x, _ in nb), cfg.repeats)
+
+    disc = discover(root)
+    files = [root / rel for rel, _ in disc.files][: max(256, n // 4) if cfg.quick else None]
+
+    class DecodeDataset(Dataset):  # ImageFolder-style: decode every image every epoch
+        def __len__(self):
+            return len(files)
+
+        def __getitem__(self, i):
+            from PIL import Image
+            try:
+                im = Image.open(files[i]).convert("RGB").resize((cfg.size, cfg.size), RESAMPLE)
+            except OSError:
+                im = Image.new("RGB", (cfg.size, cfg.size))
+            return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).astype(np.float32) / 255.0), 0
+
+    dec = DataLoader(DecodeDataset(), batch_size=32, shuffle=True, num_workers=cfg.workers,
+                     persistent_workers=cfg.workers > 0)
+    sum(len(x) for x, _ in dec)  # warm-up
+    res["decode_every_epoch"] = _median_rate(lambda: sum(len(x) for x, _ in dec), 1 if not cfg.quick else 1)
+    del dec
+
+    # The memory limit: random batch gathers from one in-RAM uint8 array, by
+    # the faster of numpy (one thread) and torch.index_select (all threads).
+    out = np.empty((cfg.batch_size,) + images.shape[1:], dtype=np.uint8)
+    t_images, t_out = torch.from_numpy(images), torch.from_numpy(out)
+    rng = np.random.default_rng(0)
+    batches = max(1, n // cfg.batch_size)
+
+    def gather_numpy() -> int:
+        for _ in range(batches):
+            np.take(images, rng.integers(0, n, cfg.batch_size), axis=0, out=out)
+        return batches * cfg.batch_size
+
+    def gather_torch() -> int:
+        for _ in range(batches):
+            torch.index_select(t_images, 0, torch.from_numpy(rng.integers(0, n, cfg.batch_size)), out=t_out)
+        return batches * cfg.batch_size
+
+    gather_numpy(), gather_torch()
+    res["memory_limit_numpy"] = _median_rate(gather_numpy, cfg.repeats)
+    res["memory_limit_torch"] = _median_rate(gather_torch, cfg.repeats)
+    res["memory_limit_gather"] = max(res["memory_limit_numpy"], res["memory_limit_torch"])
+    return {
+        "images_per_s": res,
+        "dataloader_vs_notebook": res["project_dataloader"] / res["notebook_loader"],
+        "dataloader_vs_decode": res["project_dataloader"] / res["decode_every_epoch"],
+        "resident_vs_memory_limit": res["project_resident"] / res["memory_limit_gather"],
+    }
+
+
+# --- stage 3: training step ----------------------------------------------------------------------
+
+def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
+    import torch
+
+    from model import create_model
+    from .config import LoaderConfig
+    from .loader import DeviceTransform, create_loader
+    from .shard_format import open_split
+    from .train import amp_dtype
+
+    split = open_split(shards, "train")
+    out = {}
+    for amp in (False, True):
+        dtype = amp_dtype(device, amp)
+        if amp and dtype is None:
+            out["amp"] = {"skipped": "no fast bf16 on this CPU"}
+            continue
+        torch.manual_seed(0)
+        model = create_model(cfg.model, num_classes=len(split.class_names), image_size=cfg.size)
+        model = model.to(device, memory_format=torch.channels_last).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        tf = DeviceTransform(split.mean, split.std, device, channels_last=True)
+        loader = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="auto"),
+                               device=device, train=True)
+
+        def step(xb, yb):
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = torch.nn.functional.cross_entropy(model(tf(xb, augment=True)), yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        it = iter(loader)
+        xb, yb = next(it)
+        step(xb, yb)  # warm-up (kernel selection, allocator)
+        sync()
+        t = time.perf_counter()
+        for _ in range(cfg.steps):
+            step(xb, yb)
+        sync()
+        compute = cfg.steps * len(xb) / (time.perf_counter() - t)
+        wait, seen = 0.0, 0
+        loader.set_epoch(1)
+        it = iter(loader)
+        t = time.perf_counter()
+        for _ in range(cfg.steps):
+            tw = time.perf_counter()
+            try:
+                xb, yb = next(it)
+            except StopIteration:
+                loader.set_epoch(2)
+                it = iter(loader)
+                xb, yb = next(it)
+            sync()
+            wait += time.perf_counter() - tw
+            step(xb, yb)
+            seen += len(xb)
+        sync()
+        total = time.perf_counter() - t
+        out["amp" if amp else "fp32"] = {"dtype": str(dtype or "float32").replace("torch.", ""),
+                                         "compute_images_per_s": compute, "end_to_end_images_per_s": seen / total,
+                                         "data_wait_share": wait / total, "cache": loader.mode}
+    return out
+
+
+def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = logger.info) -> dict:
+    """All three stages; returns every figure with the options and the environment."""
+    import torch
+
+    from .env import environment
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        root = _subset(Path(cfg.data_dir), cfg.limit, Path(tmp) / "subset")
+        shards = Path(tmp) / "shards"
+        progress("stage 1/3: preprocess vs the notebooks' loop")
+        pre = bench_preprocess(root, shards, cfg)
+        progress("stage 2/3: one epoch of loading")
+        load = bench_loading(root, shards, cfg, device)
+        progress(f"stage 3/3: {cfg.model} training step")
+        trn = bench_training(shards, cfg, device)
+    return {"config": to_dict(cfg), "environment": environment(), "device": str(device),
+            "preprocess": pre, "loading": load, "training": trn}

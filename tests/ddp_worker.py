@@ -1,0 +1,42 @@
+"""Run by tests/test_distributed.py under torchrun: train, then record what this rank saw.
+
+Usage: torchrun --nproc_per_node=2 tests/ddp_worker.py SHARDS RUN_DIR TRACE_DIR [--resume]
+"""
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline import loader  # noqa: E402
+from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig  # noqa: E402
+from pipeline.train import TrainPlan, train  # noqa: E402
+
+seen = []
+_iter = loader.EpochBatchSampler.__iter__
+
+
+def _recording_iter(self):
+    for batch in _iter(self):
+        if self.shuffle:
+            seen.append([int(self.epoch)] + batch.tolist())
+        yield batch
+
+
+loader.EpochBatchSampler.__iter__ = _recording_iter
+
+shards, run_dir, trace = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+resume = run_dir / "last.pt" if "--resume" in sys.argv else None
+epochs = 2
+plan = TrainPlan(ModelConfig(name="bart"), OptimConfig(lr=3e-3, epochs=epochs),
+                 LoaderConfig(batch_size=8, workers=0, cache="ram", seed=0),
+                 RunConfig(seed=0, device="cpu", out=str(run_dir)))
+summary = train(shards, plan, resume=resume, stop_after=None if resume else 1)
+weights = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in summary["model"].parameters())).hexdigest()
+rank = int(os.environ["RANK"])
+name = f"rank{rank}{'-resumed' if resume else ''}.json"
+(trace / name).write_text(json.dumps({"rank": summary["rank"], "world": summary["world_size"], "samples": seen,
+                                      "weights": weights, "history": summary["history"]}))

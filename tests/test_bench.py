@@ -1,0 +1,26 @@
+import json
+
+from click.testing import CliRunner
+
+import cli
+
+
+def test_quick_bench_runs_every_stage_and_writes_json(lookalike, tmp_path):
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(cli.main, ["bench", "--quick", "--data-dir", str(lookalike), "--size", "32",
+                                      "--model", "cnn4conv", "--limit", "160", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    for line in ("1. preprocess", "2. one epoch of loading", "3. cnn4conv training step", "ratio"):
+        assert line in r.output
+    data = json.loads(out.read_text())
+    assert data["config"]["quick"] is True and data["config"]["size"] == 32
+    assert {"pillow_simd", "libjpeg_turbo", "cpu_model", "torch", "h5py"} <= data["environment"].keys()
+    pre = data["preprocess"]
+    assert 100 < pre["project"]["images"] <= pre["notebook_loop"]["images"]  # the project drops duplicates
+    assert pre["ratio"] > 0 and pre["project"]["peak_mb"] > 0
+    rates = data["loading"]["images_per_s"]
+    assert set(rates) >= {"project_dataloader", "project_resident", "notebook_loader", "decode_every_epoch",
+                          "memory_limit_gather"}
+    assert all(v > 0 for v in rates.values())
+    assert data["training"]["fp32"]["compute_images_per_s"] > 0
+    assert 0 <= data["training"]["fp32"]["data_wait_share"] < 1
