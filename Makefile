@@ -26,7 +26,7 @@ demo: install
 	$(PY) cli.py synth --out data/lookalike --scale 1.0
 	$(PY) cli.py preprocess --data-dir data/lookalike --size 64
 	$(PY) cli.py verify
-	$(PY) cli.py train --model cnn4conv --epochs 3 --out runs/demo
+	$(PY) cli.py train --model cnn4conv --epochs 3 --amp --out runs/demo
 	$(PY) cli.py evaluate runs/demo/best.pt
 
 bench: install

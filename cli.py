@@ -179,6 +179,7 @@ def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device,
     """
     from dataclasses import replace
 
+    from pipeline.checkpoint import CheckpointError
     from pipeline.config import LoaderConfig, ModelConfig, RunConfig
     from pipeline.env import cpu_count
     from pipeline.shard_format import ShardError
@@ -203,7 +204,7 @@ def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device,
                          RunConfig(seed=seed, device=device, amp=amp, compile=compile_, sync_bn=sync_bn,
                                    out=str(out), recipe=recipe))
         summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
-    except (TrainingError, ShardError, ValueError, RuntimeError) as exc:
+    except (CheckpointError, TrainingError, ShardError, ValueError, RuntimeError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         sys.exit(130)
@@ -225,6 +226,7 @@ def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device,
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
 def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> None:
     """Accuracy, macro-F1, per-class precision/recall/F1 and a confusion matrix."""
+    from pipeline.checkpoint import CheckpointError
     from pipeline.discover import DatasetError
     from pipeline.evaluate import Classifier, evaluate_dir, evaluate_shards
     from pipeline.shard_format import ShardError
@@ -235,7 +237,7 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
         clf = Classifier.from_checkpoint(checkpoint, device)
         rep = (evaluate_dir(clf, data_dir, out, progress=True) if data_dir
                else evaluate_shards(clf, shards, split, out))
-    except (TrainingError, ShardError, DatasetError) as exc:
+    except (CheckpointError, TrainingError, ShardError, DatasetError) as exc:
         _fail(str(exc))
     width = max(len(n) for n in rep["per_class"]) if rep["per_class"] else 10
     click.echo(f"{'class':<{width}}  precision  recall     f1  support")
@@ -259,12 +261,13 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 def predict(checkpoint, paths, top_k, device) -> None:
     """Top-k classes with probabilities for image files or folders."""
+    from pipeline.checkpoint import CheckpointError
     from pipeline.evaluate import Classifier, predict_paths
     from pipeline.train import TrainingError
 
     try:
         clf = Classifier.from_checkpoint(checkpoint, device)
-    except TrainingError as exc:
+    except (CheckpointError, TrainingError) as exc:
         _fail(str(exc))
     results = predict_paths(clf, list(paths), top_k)
     if not results:

@@ -147,7 +147,6 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
         loader = create_loader(split, lc, device=device, train=True)
         epoch_of(loader)  # warm-up: worker start, page cache, allocator
         res[name] = _median_rate(lambda: epoch_of(loader, 1), cfg.repeats)
-        del loader
 
     class NotebookDataset(Dataset):  # the notebooks' per-sample float32 conversion
         def __len__(self):
@@ -178,7 +177,6 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
                      persistent_workers=cfg.workers > 0)
     sum(len(x) for x, _ in dec)  # warm-up
     res["decode_every_epoch"] = _median_rate(lambda: sum(len(x) for x, _ in dec), 1 if not cfg.quick else 1)
-    del dec
 
     # The memory limit: random batch gathers from one in-RAM uint8 array, by
     # the faster of numpy (one thread) and torch.index_select (all threads).

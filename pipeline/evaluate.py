@@ -9,10 +9,8 @@ of preprocess (``pipeline.decode``), so inference sees what training saw.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -24,7 +22,8 @@ from .decode import DecodeError, decode_file
 from .discover import IMAGE_EXTENSIONS, DatasetError, discover
 from .loader import DeviceTransform
 from .shard_format import open_split
-from .train import load_checkpoint, resolve_device
+from .checkpoint import load_checkpoint
+from .train import resolve_device
 
 logger = logging.getLogger(__name__)
 

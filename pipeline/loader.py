@@ -130,7 +130,7 @@ class ShardBatchDataset(Dataset):
     def __init__(self, split: SplitSet, ring: int = 0) -> None:
         self.shards = split.shards
         self.offsets = split.offsets
-        self.labels = torch.from_numpy(split.labels)
+        self.labels = split.labels
         self.size = split.image_size
         self.ring = ring
         self._maps: Optional[list] = None
@@ -141,12 +141,22 @@ class ShardBatchDataset(Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def _open(self) -> list:
+    def _shard(self, s: int) -> np.ndarray:
+        """Shard ``s``'s images: a memory map (contiguous shards, opened once per
+        process), or for compressed shards the decompressed array, of which
+        only the two most recently used are kept."""
         if self._maps is None or self._pid != os.getpid():
-            self._maps = [s.images_map() for s in self.shards]
+            self._maps = [None] * len(self.shards)
             self._pid = os.getpid()
             self._slots, self._next = [], 0
-        return self._maps
+            self._loaded: list[int] = []
+        if self._maps[s] is None:
+            self._maps[s] = self.shards[s].images_map()
+            if self.shards[s].offset is None:  # held in RAM: bound how many
+                self._loaded.append(s)
+                while len(self._loaded) > 2:
+                    self._maps[self._loaded.pop(0)] = None
+        return self._maps[s]
 
     def _buffer(self, n: int) -> torch.Tensor:
         shape = (n, self.size, self.size, 3)
@@ -162,8 +172,7 @@ class ShardBatchDataset(Dataset):
                 self._slots.append(slot)
         return self._slots[k][:n]
 
-    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self._open()
+    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         idx = np.asarray(idx, dtype=np.int64)
         out = self._buffer(len(idx))
         dst = out.numpy()
@@ -172,10 +181,17 @@ class ShardBatchDataset(Dataset):
             sel = sid == s
             local = idx[sel] - self.offsets[s]
             if sel.all():
-                np.take(maps[s], local, axis=0, out=dst)
+                np.take(self._shard(s), local, axis=0, out=dst)
             else:
-                dst[sel] = maps[s][local]
-        return out, self.labels[torch.from_numpy(idx)]
+                dst[sel] = self._shard(s)[local]
+        # Labels go back as a numpy array, pickled by value (1 KB): a tensor
+        # would cost a shared-memory segment and a file descriptor per batch.
+        return out, self.labels[idx]
+
+
+def _as_is(batch):
+    """collate_fn that leaves a worker's (tensor, numpy) batch untouched."""
+    return batch
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -210,7 +226,7 @@ class BatchLoader:
                 ShardBatchDataset(split, ring=cfg.prefetch_factor * workers + 2), sampler=sampler, batch_size=None, num_workers=workers,
                 pin_memory=cuda, persistent_workers=workers > 0,
                 prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
-                worker_init_fn=_seed_worker if workers > 0 else None,
+                worker_init_fn=_seed_worker if workers > 0 else None, collate_fn=_as_is,
                 generator=torch.Generator().manual_seed(cfg.seed),
                 multiprocessing_context="fork" if workers > 0 else None,
             )
@@ -221,15 +237,11 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.sampler.indices())
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         nb = self.device.type == "cuda"
         if self._loader is not None:
             for x, y in self._loader:
-                yield x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+                yield x.to(self.device, non_blocking=nb), torch.from_numpy(y).to(self.device, non_blocking=nb)
             return
         for idx in self.sampler:
             if self.mode == "device":

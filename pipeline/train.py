@@ -14,12 +14,10 @@ epoch k gives bit-identical metrics to one that never stopped.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +31,7 @@ from tqdm import tqdm
 
 from model import NOTEBOOK_RECIPES, count_parameters, create_model
 from . import distributed as dd
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import LoaderConfig, ModelConfig, OptimConfig, RunConfig, to_dict
 from .loader import DeviceTransform, create_loader
 from .shard_format import open_split, read_manifest
@@ -108,37 +107,6 @@ def amp_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
         return torch.bfloat16
     logger.warning("--amp: this CPU has no native bf16, so autocast would be slower; training in fp32")
     return None
-
-
-def _rng_state(transform: DeviceTransform) -> dict:
-    state = {"torch": torch.get_rng_state(), "augment": transform.generator.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, transform: DeviceTransform) -> None:
-    torch.set_rng_state(state["torch"])
-    transform.generator.set_state(state["augment"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic save: a crash mid-write never destroys the previous checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a checkpoint as data only (``weights_only=True``: nothing is unpickled)."""
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise TrainingError(f"{path}: no such checkpoint") from None
-    except Exception as exc:  # torch raises several types for bad files
-        raise TrainingError(f"{path}: not a loadable checkpoint ({exc})") from exc
 
 
 def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autocast, num_classes: int,
@@ -272,7 +240,7 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"][ctx.rank], transform)
+        set_rng_state(ckpt["rng"][ctx.rank], transform)
         start, best_f1, history = ckpt["epoch"] + 1, ckpt["best_f1"], list(ckpt["history"])
         say(f"resumed from {resume} after epoch {start}")
     if ctx.is_main:
@@ -283,7 +251,7 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
 
     def payload(epoch: int, gather: bool = True) -> dict:
         # every rank's RNG state, for an exact resume (a collective: all ranks call it)
-        rng = dd.gather_objects(ctx, _rng_state(transform)) if gather else [_rng_state(transform)]
+        rng = dd.gather_objects(ctx, rng_state(transform)) if gather else [rng_state(transform)]
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
                 "best_f1": best_f1, "history": history, "rng": rng, "world_size": ctx.world_size,
@@ -372,8 +340,9 @@ def _train_epoch(model, model_fwd, loader, transform, optimizer, scheduler, scal
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    if ctx is not None and ctx.distributed:
-        sums = dd.all_reduce_sum(ctx, torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=loss_sum.device)]))
+    if ctx is not None and ctx.distributed:  # the epoch's sums over every rank
+        seen_t = torch.tensor(float(seen), dtype=torch.float64, device=dev)
+        sums = dd.all_reduce_sum(ctx, torch.stack([loss_sum, correct.double(), seen_t]))
         loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
     total = float(loss_sum)
     if not math.isfinite(total):

@@ -1,6 +1,9 @@
 """Run by tests/test_distributed.py under torchrun: train, then record what this rank saw.
 
 Usage: torchrun --nproc_per_node=2 tests/ddp_worker.py SHARDS RUN_DIR TRACE_DIR [--resume]
+
+With --resume it continues RUN_DIR/last.pt, streaming from the shards with a
+DataLoader worker per rank instead of the resident RAM cache.
 """
 
 import hashlib
@@ -32,7 +35,7 @@ shards, run_dir, trace = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 resume = run_dir / "last.pt" if "--resume" in sys.argv else None
 epochs = 2
 plan = TrainPlan(ModelConfig(name="bart"), OptimConfig(lr=3e-3, epochs=epochs),
-                 LoaderConfig(batch_size=8, workers=0, cache="ram", seed=0),
+                 LoaderConfig(batch_size=8, workers=1 if resume else 0, cache="none" if resume else "ram", seed=0),
                  RunConfig(seed=0, device="cpu", out=str(run_dir)))
 summary = train(shards, plan, resume=resume, stop_after=None if resume else 1)
 weights = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in summary["model"].parameters())).hexdigest()

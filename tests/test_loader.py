@@ -88,3 +88,22 @@ def test_device_transform_normalises_and_augments_reproducibly():
     a2 = DeviceTransform(mean, std, torch.device("cpu"), seed=7)(x, augment=True)
     assert torch.equal(a1, a2) and not torch.allclose(a1, expect)
     assert a1.shape == expect.shape
+
+
+def test_compressed_shards_give_the_same_batches(tmp_path):
+    from pipeline.config import PreprocessConfig
+    from pipeline.preprocess import preprocess
+    from tests.conftest import make_easy_set
+
+    root = make_easy_set(tmp_path / "data", classes=3, per_class=10)
+    batches = {}
+    for comp in (None, "lzf"):
+        out = tmp_path / f"s-{comp}"
+        preprocess(root, out, PreprocessConfig(size=16, shard_mb=0.005, compression=comp), workers=1)
+        split = sf.open_split(out, "train")
+        assert len(split.shards) >= 3
+        assert (split.shards[0].offset is None) == (comp is not None)
+        loader = create_loader(split, LoaderConfig(batch_size=4, workers=0, cache="none"),
+                               device=torch.device("cpu"), train=True)
+        batches[comp] = _batches(loader, 0)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches[None], batches["lzf"]))

@@ -131,7 +131,7 @@ def test_interrupted_write_leaves_no_complete_looking_set(tmp_path, monkeypatch)
 def test_verify_catches_one_flipped_byte(tmp_path):
     root = make_class_tree(tmp_path / "data", {"a": 5, "b": 5})
     out = tmp_path / "out"
-    m = preprocess(root, out, PreprocessConfig(size=16), workers=1)
+    preprocess(root, out, PreprocessConfig(size=16), workers=1)
     assert sf.verify(out) == []
     shard = sf.open_split(out, "train").shards[0]
     with open(shard.path, "r+b") as fh:

@@ -11,7 +11,8 @@ from pipeline import train as train_mod
 from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
 from pipeline.evaluate import Classifier, evaluate_shards, predict_paths
 from pipeline.preprocess import preprocess
-from pipeline.train import TrainingError, TrainPlan, load_checkpoint, train
+from pipeline.checkpoint import CheckpointError, load_checkpoint
+from pipeline.train import TrainingError, TrainPlan, train
 from tests.conftest import make_easy_set
 
 
@@ -161,3 +162,21 @@ def test_cli_train_runs_and_reports(easy_shards, tmp_path):
     assert r.exit_code == 1 and "no manifest.json" in r.output
     r = CliRunner().invoke(cli.main, ["evaluate", str(tmp_path / "missing.pt")])
     assert r.exit_code == 1 and "no such checkpoint" in r.output
+
+
+class _Payload:
+    """Not data: a pickle that would run code on load."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_checkpoints_load_as_data_only(tmp_path):
+    torch.save({"model": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    r = CliRunner().invoke(cli.main, ["predict", str(tmp_path / "evil.pt"), str(tmp_path)])
+    assert r.exit_code == 1 and "not a loadable checkpoint" in r.output and "must never run" not in r.output
