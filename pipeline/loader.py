@@ -115,25 +115,34 @@ class ShardBatchDataset(Dataset):
     must not cross a fork) and gathers a batch with one ``np.take`` per
     shard it touches: no per-sample Python.
 
-    In a worker, batches are written into a ring of ``ring`` tensors
-    allocated once in shared memory. The main process keeps every shared
-    block it has seen mapped (torch caches them by inode), so a batch crosses
-    the process boundary with no copy, no page fault and no zeroing (measured
-    about 2x the per-batch allocation of ``default_collate``). A slot is
-    reused only after ``ring`` more batches from that worker, and the
-    DataLoader keeps at most ``prefetch_factor`` batches per worker in
-    flight, so with ``ring >= prefetch_factor * workers + 2`` a batch stays
-    valid until the consumer has drawn ``ring - 1`` more. Consumers that keep
-    batches longer (a list of batches) must ``clone()`` them.
+    In a worker, batches go into a ring of ``ring`` slots per worker, so a
+    batch crosses the process boundary with no copy, no page fault and no
+    zeroing of fresh memory:
+
+    * on CPU the ring is one shared-memory tensor ``shared`` (workers, ring,
+      B, H, W, 3) allocated before the workers fork; a worker returns only
+      (worker, slot, n) and the labels, and the main process reads the slot
+      in place (measured 150k+ img/s at 128 px on 2 cores, vs 35k with a
+      fresh shared tensor per batch as ``default_collate`` does);
+    * on CUDA each slot is a shared tensor made once by the worker (torch
+      caches its mapping in the main process), which the DataLoader's
+      pin-memory thread copies to pinned memory for an async DMA.
+
+    A worker has at most ``prefetch_factor`` batches in flight, so with
+    ``ring = prefetch_factor + 2`` a slot is rewritten only after its batch
+    and the one after it have been handed to the consumer. A consumer that
+    keeps batches longer (a list of batches) must ``clone()`` them.
     """
 
-    def __init__(self, split: SplitSet, ring: int = 0) -> None:
+    def __init__(self, split: SplitSet, ring: int = 0, shared: Optional[torch.Tensor] = None) -> None:
         self.shards = split.shards
         self.offsets = split.offsets
         self.labels = split.labels
         self.size = split.image_size
         self.ring = ring
-        self._maps: Optional[list] = None
+        self.shared = shared
+        self._maps: list = []
+        self._loaded: list[int] = []
         self._pid: Optional[int] = None
         self._slots: list[torch.Tensor] = []
         self._next = 0
@@ -145,11 +154,6 @@ class ShardBatchDataset(Dataset):
         """Shard ``s``'s images: a memory map (contiguous shards, opened once per
         process), or for compressed shards the decompressed array, of which
         only the two most recently used are kept."""
-        if self._maps is None or self._pid != os.getpid():
-            self._maps = [None] * len(self.shards)
-            self._pid = os.getpid()
-            self._slots, self._next = [], 0
-            self._loaded: list[int] = []
         if self._maps[s] is None:
             self._maps[s] = self.shards[s].images_map()
             if self.shards[s].offset is None:  # held in RAM: bound how many
@@ -158,23 +162,30 @@ class ShardBatchDataset(Dataset):
                     self._maps[self._loaded.pop(0)] = None
         return self._maps[s]
 
-    def _buffer(self, n: int) -> torch.Tensor:
+    def _buffer(self, n: int) -> tuple[torch.Tensor, Optional[tuple]]:
+        """Where this batch goes, and the (worker, slot, n) token that names it."""
         shape = (n, self.size, self.size, 3)
-        if get_worker_info() is None or not self.ring:
-            return torch.empty(shape, dtype=torch.uint8)
+        info = get_worker_info()
+        if info is None or not self.ring:
+            return torch.empty(shape, dtype=torch.uint8), None
         k = self._next % self.ring
         self._next += 1
+        if self.shared is not None:
+            return self.shared[info.id, k, :n], (info.id, k, n)
         if k >= len(self._slots) or self._slots[k].shape[0] < n:
             slot = torch.empty(shape, dtype=torch.uint8).share_memory_()
             if k < len(self._slots):
                 self._slots[k] = slot
             else:
                 self._slots.append(slot)
-        return self._slots[k][:n]
+        return self._slots[k][:n], None
 
-    def __getitem__(self, idx: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def __getitem__(self, idx: np.ndarray) -> tuple:
+        if self._pid != os.getpid():  # first call in this process: nothing inherited is valid
+            self._maps, self._loaded = [None] * len(self.shards), []
+            self._slots, self._next, self._pid = [], 0, os.getpid()
         idx = np.asarray(idx, dtype=np.int64)
-        out = self._buffer(len(idx))
+        out, token = self._buffer(len(idx))
         dst = out.numpy()
         sid = np.searchsorted(self.offsets, idx, side="right") - 1
         for s in np.unique(sid):
@@ -186,7 +197,7 @@ class ShardBatchDataset(Dataset):
                 dst[sel] = self._shard(s)[local]
         # Labels go back as a numpy array, pickled by value (1 KB): a tensor
         # would cost a shared-memory segment and a file descriptor per batch.
-        return out, self.labels[idx]
+        return (token if token is not None else out), self.labels[idx]
 
 
 def _as_is(batch):
@@ -222,9 +233,14 @@ class BatchLoader:
         else:
             cuda = device.type == "cuda"
             workers = cfg.workers
+            ring = cfg.prefetch_factor + 2
+            self._shared = None
+            if workers > 0 and not cuda:  # allocated before the fork, so every worker shares it
+                self._shared = torch.empty((workers, ring, cfg.batch_size, split.image_size, split.image_size, 3),
+                                           dtype=torch.uint8).share_memory_()
             self._loader = DataLoader(
-                ShardBatchDataset(split, ring=cfg.prefetch_factor * workers + 2), sampler=sampler, batch_size=None, num_workers=workers,
-                pin_memory=cuda, persistent_workers=workers > 0,
+                ShardBatchDataset(split, ring=ring if workers > 0 else 0, shared=self._shared), sampler=sampler,
+                batch_size=None, num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
                 prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
                 worker_init_fn=_seed_worker if workers > 0 else None, collate_fn=_as_is,
                 generator=torch.Generator().manual_seed(cfg.seed),
@@ -241,6 +257,9 @@ class BatchLoader:
         nb = self.device.type == "cuda"
         if self._loader is not None:
             for x, y in self._loader:
+                if isinstance(x, tuple):  # a slot of the shared ring: read in place
+                    w, k, n = x
+                    x = self._shared[w, k, :n]
                 yield x.to(self.device, non_blocking=nb), torch.from_numpy(y).to(self.device, non_blocking=nb)
             return
         for idx in self.sampler:

@@ -107,3 +107,21 @@ def test_compressed_shards_give_the_same_batches(tmp_path):
                                device=torch.device("cpu"), train=True)
         batches[comp] = _batches(loader, 0)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches[None], batches["lzf"]))
+
+
+def test_a_batch_stays_intact_while_workers_run_ahead(easy_shards):
+    import time
+
+    split = sf.open_split(easy_shards, "train")
+    cfg = LoaderConfig(batch_size=3, workers=2, cache="none", seed=1, prefetch_factor=2)
+    ref = _batches(create_loader(split, LoaderConfig(batch_size=3, workers=0, cache="none", seed=1),
+                                 device=torch.device("cpu"), train=True), 0)
+    loader = create_loader(split, cfg, device=torch.device("cpu"), train=True)
+    loader.set_epoch(0)
+    previous = None
+    for (x, y), (rx, ry) in zip(loader, ref):
+        time.sleep(0.01)  # the workers fill every free slot meanwhile
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+        if previous is not None:  # the batch before stays valid too (ring = prefetch + 2)
+            assert torch.equal(previous[0], previous[1])
+        previous = (x, rx)
