@@ -3,11 +3,11 @@
 Hops a batch makes from disk to the model:
 
 * streaming (``cache='none'``): (1) a DataLoader worker gathers the batch's
-  rows from its memory map of the shard (page cache -> one uint8 tensor
-  allocated directly in shared memory, so handing it to the main process
-  copies nothing); on CUDA (2) the pin-memory thread copies it to pinned
-  memory and (3) one ``non_blocking`` DMA puts it on the GPU. On CPU the
-  shared batch is used as is: one copy from disk to model.
+  rows from its memory map of the shard (page cache -> a slot of a
+  shared-memory ring, so handing it to the main process copies nothing).
+  On CPU the model reads that slot in place: one copy from disk to model.
+  On CUDA (2) the pin-memory thread copies it to pinned memory and (3) one
+  ``non_blocking`` DMA puts it on the GPU.
 * resident in RAM (``cache='ram'``): (1) one gather from the in-RAM split
   (into pinned memory on CUDA) and (2) the DMA; no worker processes.
 * resident on the device (``cache='device'``): the split was copied to the
