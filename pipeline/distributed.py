@@ -85,9 +85,16 @@ def gather_objects(ctx: DistContext, obj: Any) -> list:
     return out
 
 
-def barrier(ctx: DistContext) -> None:
+def broadcast_buffers(ctx: DistContext, model: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    DDP syncs buffers at the start of each forward, so after the last step
+    each rank's statistics differ by its own last batch; evaluating with one
+    set keeps the gathered metrics those of the checkpointed model.
+    """
     if ctx.distributed:
-        dist.barrier()
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
 
 
 def cleanup(ctx: DistContext) -> None:
