@@ -78,7 +78,7 @@ def decode_image(im: Image.Image, size: int, fit: str = "squash", min_side: int 
             warnings.simplefilter("ignore")  # palette/EXIF chatter is not an error
             im.load()
             out = _fit(to_rgb(im), size, fit)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise DecodeError(f"cannot decode: {exc}") from exc
     return np.asarray(out, dtype=np.uint8)
 

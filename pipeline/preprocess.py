@@ -61,6 +61,8 @@ def _decode_task(task: tuple[int, str]) -> tuple[int, str, Optional[str], Option
         px = decode_bytes(data, cfg.size, cfg.fit, cfg.min_side)
     except DecodeError as exc:
         return i, digest, str(exc), None
+    except Exception as exc:  # a decoder bug on a hostile file is still one bad file
+        return i, digest, f"cannot decode: {type(exc).__name__}: {exc}", None
     os.pwrite(_worker["fd"], px, i * px.nbytes)  # buffer protocol: no bytes copy
     return i, digest, None, channel_sums(px)
 
@@ -74,9 +76,10 @@ def channel_sums(px: np.ndarray) -> list[float]:
 
     Taken over every second pixel in each direction (a quarter of them) via
     one 768-bin histogram: exact integer arithmetic, so the statistics and
-    the shards. bytes do not depend on the worker count, at ~50 us an image
+    the shards' bytes do not depend on the worker count, at ~50 us an image
     instead of ~260 us for float64 over every pixel. The mean and std of a
-    dataset differ from the all-pixel ones by well under 0.1%.
+    dataset differ from the all-pixel ones by under 0.1% (0.06% on the
+    look-alike set at 128 px).
     """
     sub = np.ascontiguousarray(px[::2, ::2]).reshape(-1, 3)
     hist = np.bincount((sub + _CHANNEL_OFFSET).ravel(), minlength=768).reshape(3, 256)

@@ -45,3 +45,38 @@ def test_fingerprint_changes_with_content(tmp_path):
     assert discover(tmp_path).fingerprint() == f1
     (tmp_path / "a" / "img_000.jpg").write_bytes((tmp_path / "b" / "img_001.jpg").read_bytes() + b"x")
     assert discover(tmp_path).fingerprint() != f1
+
+
+def test_default_data_dir_prefers_the_notebooks_locations(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import cli
+    from pipeline.discover import EMBEDDED_DEFAULT, default_data_dir
+
+    path, how = default_data_dir(tmp_path)
+    assert path == tmp_path / EMBEDDED_DEFAULT and "look-alike" in how
+    (tmp_path / "data/simpsons/archive/characters_train").mkdir(parents=True)
+    assert default_data_dir(tmp_path)[0] == tmp_path / "data/simpsons/archive/characters_train"
+    make_class_tree(tmp_path / "characters_train", {"bart": 3, "homer": 3})
+    path, how = default_data_dir(tmp_path)
+    assert path == tmp_path / "characters_train" and "real set" in how
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli.main, ["preprocess", "--size", "16", "--workers", "1", "--out", "sh"])
+    assert r.exit_code == 0, r.output
+    assert "using the real set found at characters_train" in r.output
+    import json
+    manifest = json.loads((tmp_path / "sh" / "manifest.json").read_text())
+    assert manifest["class_names"] == ["bart", "homer"]
+    assert manifest["counts"]["train"] + manifest["counts"]["val"] == 6
+
+
+def test_info_reports_the_pil_backend():
+    from click.testing import CliRunner
+
+    import cli
+    from pipeline.env import pil_backend
+
+    r = CliRunner().invoke(cli.main, ["info"])
+    assert r.exit_code == 0
+    backend = "Pillow-SIMD" if pil_backend()["pillow_simd"] else "Pillow"
+    assert f"({backend})" in r.output and "libjpeg-turbo" in r.output and "CUDA devices" in r.output

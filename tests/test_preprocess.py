@@ -166,3 +166,21 @@ def test_cli_exit_codes_and_summary(tmp_path):
     r = run("preprocess", "--data-dir", str(root), "--out", str(blocker / "sub"), "--workers", "1")
     assert r.exit_code == 1 and "cannot write shards" in r.output
     json.loads((out / "manifest.json").read_text())
+
+
+def test_a_file_that_crashes_the_decoder_is_one_skipped_file(tmp_path, monkeypatch):
+    import pipeline.preprocess as pp
+
+    root = make_class_tree(tmp_path / "data", {"a": 4, "b": 4})
+    real = pp.decode_bytes
+
+    def flaky(data, *a, **k):
+        if data == (root / "b" / "img_002.jpg").read_bytes():
+            raise IndexError("decoder bug")
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(pp, "decode_bytes", flaky)
+    m = preprocess(root, tmp_path / "out", PreprocessConfig(size=16), workers=1)
+    reasons = {s["path"]: s["reason"] for s in m["skipped"]}
+    assert reasons["b/img_002.jpg"] == "cannot decode: IndexError: decoder bug"
+    assert m["counts"]["train"] + m["counts"]["val"] == 7
