@@ -146,7 +146,8 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
         lc = LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers if cache == "none" else 0, cache=cache)
         loader = create_loader(split, lc, device=device, train=True)
         epoch_of(loader)  # warm-up: worker start, page cache, allocator
-        res[name] = _median_rate(lambda: epoch_of(loader, 1), cfg.repeats)
+        epochs = iter(range(1, cfg.repeats + 1))  # consecutive epochs, as in training
+        res[name] = _median_rate(lambda: epoch_of(loader, next(epochs)), cfg.repeats)
 
     class NotebookDataset(Dataset):  # the notebooks' per-sample float32 conversion
         def __len__(self):

@@ -21,7 +21,10 @@ Order: an epoch is a pure function of (seed, epoch): shards in a random
 order, samples shuffled within each shard (so a worker's reads stay inside
 one 64 MB shard at a time). Rank r of W takes every W-th sample, truncated
 to an equal length, so ranks never wait on each other at an epoch's end.
-Batches come back in plan order whatever the worker count.
+Batches come back in plan order whatever the worker count. In streaming
+mode one DataLoader iteration runs across consecutive epochs (the sampler
+streams epoch after epoch), so the workers do not drain and restart at
+every epoch boundary; a jump to another epoch starts a fresh stream.
 """
 
 from __future__ import annotations
@@ -89,9 +92,10 @@ class EpochBatchSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def indices(self) -> np.ndarray:
-        """This rank's samples for the current epoch, in order."""
-        order = epoch_order(self.offsets, self.labels, self.seed, self.epoch, self.shuffle, self.balance)
+    def indices(self, epoch: Optional[int] = None) -> np.ndarray:
+        """This rank's samples for ``epoch`` (default: the current one), in order."""
+        epoch = self.epoch if epoch is None else epoch
+        order = epoch_order(self.offsets, self.labels, self.seed, epoch, self.shuffle, self.balance)
         mine = order[self.rank::self.world_size]
         if self.shuffle:  # training: equal length on every rank
             mine = mine[: len(order) // self.world_size]
@@ -102,10 +106,33 @@ class EpochBatchSampler(Sampler):
         for start in range(0, len(idx), self.batch_size):
             yield idx[start: start + self.batch_size]
 
+    def stream(self, start_epoch: int) -> Iterator[np.ndarray]:
+        """Batches of epoch ``start_epoch``, then of the next epochs, endlessly.
+
+        One DataLoader iteration over this stream serves every epoch, so the
+        workers never drain and refill at an epoch boundary.
+        """
+        epoch = start_epoch
+        while True:
+            idx = self.indices(epoch)
+            for start in range(0, len(idx), self.batch_size):
+                yield idx[start: start + self.batch_size]
+            epoch += 1
+
     def __len__(self) -> int:
         n = int(self.offsets[-1])
         per_rank = n // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
         return -(-per_rank // self.batch_size)
+
+
+class _Stream:
+    """The DataLoader's sampler: the batch stream from ``start`` on."""
+
+    def __init__(self, sampler: EpochBatchSampler) -> None:
+        self.sampler, self.start = sampler, 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.sampler.stream(self.start)
 
 
 class ShardBatchDataset(Dataset):
@@ -238,8 +265,11 @@ class BatchLoader:
             if workers > 0 and not cuda:  # allocated before the fork, so every worker shares it
                 self._shared = torch.empty((workers, ring, cfg.batch_size, split.image_size, split.image_size, 3),
                                            dtype=torch.uint8).share_memory_()
+            self._stream = _Stream(sampler)
+            self._it: Optional[Iterator] = None
+            self._next_epoch: Optional[int] = None  # the epoch the live iterator is at, if any
             self._loader = DataLoader(
-                ShardBatchDataset(split, ring=ring if workers > 0 else 0, shared=self._shared), sampler=sampler,
+                ShardBatchDataset(split, ring=ring if workers > 0 else 0, shared=self._shared), sampler=self._stream,
                 batch_size=None, num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
                 prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
                 worker_init_fn=_seed_worker if workers > 0 else None, collate_fn=_as_is,
@@ -256,11 +286,18 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         nb = self.device.type == "cuda"
         if self._loader is not None:
-            for x, y in self._loader:
+            epoch = self.sampler.epoch
+            if self._it is None or self._next_epoch != epoch:  # first epoch, or not the next one
+                self._stream.start = epoch
+                self._it = iter(self._loader)
+            self._next_epoch = None  # until this epoch is read to its end
+            for _ in range(len(self.sampler)):
+                x, y = next(self._it)
                 if isinstance(x, tuple):  # a slot of the shared ring: read in place
                     w, k, n = x
                     x = self._shared[w, k, :n]
                 yield x.to(self.device, non_blocking=nb), torch.from_numpy(y).to(self.device, non_blocking=nb)
+            self._next_epoch = epoch + 1
             return
         for idx in self.sampler:
             if self.mode == "device":

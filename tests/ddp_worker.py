@@ -29,7 +29,22 @@ def _recording_iter(self):
         yield batch
 
 
+_stream = loader.EpochBatchSampler.stream
+
+
+def _recording_stream(self, start_epoch):  # the streaming loader's path; it prefetches ahead
+    epoch, left = start_epoch, len(self)
+    for batch in _stream(self, start_epoch):
+        if self.shuffle:  # training batches only
+            seen.append([epoch] + batch.tolist())
+        left -= 1
+        if left == 0:
+            epoch, left = epoch + 1, len(self)
+        yield batch
+
+
 loader.EpochBatchSampler.__iter__ = _recording_iter
+loader.EpochBatchSampler.stream = _recording_stream
 
 shards, run_dir, trace = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 resume = run_dir / "last.pt" if "--resume" in sys.argv else None

@@ -125,3 +125,19 @@ def test_a_batch_stays_intact_while_workers_run_ahead(easy_shards):
         if previous is not None:  # the batch before stays valid too (ring = prefetch + 2)
             assert torch.equal(previous[0], previous[1])
         previous = (x, rx)
+
+
+def test_one_stream_serves_consecutive_epochs_and_jumps(easy_shards):
+    split = sf.open_split(easy_shards, "train")
+    fresh = lambda e: _batches(create_loader(split, LoaderConfig(batch_size=5, workers=0, cache="none", seed=2),
+                                             device=torch.device("cpu"), train=True), e)
+    loader = create_loader(split, LoaderConfig(batch_size=5, workers=2, cache="none", seed=2),
+                           device=torch.device("cpu"), train=True)
+    for epoch in (0, 1, 2, 7, 8, 3):  # consecutive epochs reuse the stream; a jump restarts it
+        got, ref = _batches(loader, epoch), fresh(epoch)
+        assert len(got) == len(ref) == len(loader)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(got, ref))
+    loader.set_epoch(4)
+    next(iter(loader))  # abandoned mid-epoch: the next epoch must not continue from there
+    got = _batches(loader, 5)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, fresh(5)))
