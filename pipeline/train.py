@@ -266,6 +266,7 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
             stats = _train_epoch(model, model_fwd, train_loader, transform, optimizer, scheduler, scaler,
                                  autocast, o.label_smoothing, plan.loader.augment, epoch, progress, ctx)
             dd.broadcast_buffers(ctx, model)
+            val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
             val = evaluate_batches(model, val_loader, transform, autocast, len(classes), ctx=ctx)
             row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
                    "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"]}
