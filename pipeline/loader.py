@@ -29,6 +29,7 @@ every epoch boundary; a jump to another epoch starts a fresh stream.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -102,9 +103,7 @@ class EpochBatchSampler(Sampler):
         return mine
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        idx = self.indices()
-        for start in range(0, len(idx), self.batch_size):
-            yield idx[start: start + self.batch_size]
+        return itertools.islice(self.stream(self.epoch), len(self))
 
     def stream(self, start_epoch: int) -> Iterator[np.ndarray]:
         """Batches of epoch ``start_epoch``, then of the next epochs, endlessly.

@@ -19,20 +19,10 @@ from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig  #
 from pipeline.train import TrainPlan, train  # noqa: E402
 
 seen = []
-_iter = loader.EpochBatchSampler.__iter__
-
-
-def _recording_iter(self):
-    for batch in _iter(self):
-        if self.shuffle:
-            seen.append([int(self.epoch)] + batch.tolist())
-        yield batch
-
-
 _stream = loader.EpochBatchSampler.stream
 
 
-def _recording_stream(self, start_epoch):  # the streaming loader's path; it prefetches ahead
+def _recording_stream(self, start_epoch):  # every sampler path; the DataLoader's prefetches ahead
     epoch, left = start_epoch, len(self)
     for batch in _stream(self, start_epoch):
         if self.shuffle:  # training batches only
@@ -43,7 +33,6 @@ def _recording_stream(self, start_epoch):  # the streaming loader's path; it pre
         yield batch
 
 
-loader.EpochBatchSampler.__iter__ = _recording_iter
 loader.EpochBatchSampler.stream = _recording_stream
 
 shards, run_dir, trace = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
