@@ -217,31 +217,23 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
     from .config import LoaderConfig
     from .loader import DeviceTransform, create_loader
     from .shard_format import open_split
-    from .train import amp_dtype
+    from .train import Precision
 
     split = open_split(shards, "train")
     out = {}
     for amp in (False, True):
-        dtype = amp_dtype(device, amp)
-        if amp and dtype is None:
+        prec = Precision(device, amp)
+        if amp and prec.dtype is None:
             out["amp"] = {"skipped": "no fast bf16 on this CPU"}
             continue
         torch.manual_seed(0)
         model = create_model(cfg.model, num_classes=len(split.class_names), image_size=cfg.size)
         model = model.to(device, memory_format=torch.channels_last).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         tf = DeviceTransform(split.mean, split.std, device, channels_last=True)
         loader = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="auto"),
                                device=device, train=True)
-
-        def step(xb, yb):
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = torch.nn.functional.cross_entropy(model(tf(xb, augment=True)), yb)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        step = lambda xb, yb: prec.step(model, opt, tf(xb, augment=True), yb)  # noqa: E731,B023
 
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         it = iter(loader)
@@ -271,7 +263,7 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
             seen += len(xb)
         sync()
         total = time.perf_counter() - t
-        out["amp" if amp else "fp32"] = {"dtype": str(dtype or "float32").replace("torch.", ""),
+        out["amp" if amp else "fp32"] = {"dtype": str(prec.dtype or "float32").replace("torch.", ""),
                                          "compute_images_per_s": compute, "end_to_end_images_per_s": seen / total,
                                          "data_wait_share": wait / total, "cache": loader.mode}
     return out

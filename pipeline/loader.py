@@ -63,7 +63,7 @@ def epoch_order(offsets: np.ndarray, labels: np.ndarray, seed: int, epoch: int, 
     if balance:
         counts = np.bincount(labels)
         weights = 1.0 / counts[labels]
-        return np.sort(rng.choice(n, size=n, p=weights / weights.sum()))[rng.permutation(n)]
+        return rng.choice(n, size=n, p=weights / weights.sum())  # already in random order
     parts = [offsets[s] + rng.permutation(offsets[s + 1] - offsets[s]) for s in rng.permutation(len(offsets) - 1)]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 

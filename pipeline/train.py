@@ -109,6 +109,38 @@ def amp_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
     return None
 
 
+class Precision:
+    """The AMP policy, written once for training and the bench.
+
+    One autocast context (``dtype`` from :func:`amp_dtype`; disabled for
+    fp32) and a ``GradScaler`` enabled only for fp16.
+    """
+
+    def __init__(self, device: torch.device, amp: bool) -> None:
+        self.device_type = device.type
+        self.dtype = amp_dtype(device, amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+
+    @property
+    def name(self) -> str:
+        return str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on (x, y): (loss, logits)."""
+        with self.autocast():
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        return loss, logits
+
+
 def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autocast, num_classes: int,
                      label_smoothing: float = 0.0, ctx: Optional[dd.DistContext] = None) -> dict:
     """Loss, accuracy and macro-F1 of ``model`` over a loader (no grad).
@@ -167,8 +199,7 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         raise TrainingError(f"the shards in {shards} are {size} px; {mcfg.name} needs a multiple of 16: "
                             f"run `python cli.py preprocess --size 128 --force`")
     plan = replace(plan, model=mcfg)
-    resolve_device(plan.run.device)  # a clear error before any process group is joined
-    ctx = dd.setup(plan.run.device)
+    ctx = dd.setup(plan.run.device)  # checks the device before joining any process group
     try:
         return _run(shards, plan, manifest, train_split, val_split, ctx, resume, progress, say, stop_after)
     finally:
@@ -205,10 +236,7 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     channels_last = True  # measured faster on CPU (1.3x) and CUDA
     model = model.to(device, memory_format=torch.channels_last)
-    dtype = amp_dtype(device, plan.run.amp)
-    fp16 = dtype == torch.float16
-    autocast = lambda: torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+    prec = Precision(device, plan.run.amp)
     o = plan.optim
     if o.optimizer == "adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=o.lr)
@@ -239,7 +267,7 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        prec.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"][ctx.rank], transform)
         start, best_f1, history = ckpt["epoch"] + 1, ckpt["best_f1"], list(ckpt["history"])
         say(f"resumed from {resume} after epoch {start}")
@@ -253,7 +281,7 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
         # every rank's RNG state, for an exact resume (a collective: all ranks call it)
         rng = dd.gather_objects(ctx, rng_state(transform)) if gather else [rng_state(transform)]
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "scheduler": scheduler.state_dict(), "scaler": prec.scaler.state_dict(), "epoch": epoch,
                 "best_f1": best_f1, "history": history, "rng": rng, "world_size": ctx.world_size,
                 "class_names": classes, "mean": train_split.mean.tolist(), "std": train_split.std.tolist(),
                 "config": plan.to_dict(), "preprocess": manifest["options"],
@@ -263,11 +291,11 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
     last_epoch = o.epochs if stop_after is None else min(o.epochs, start + stop_after)
     try:
         for epoch in range(start, last_epoch):
-            stats = _train_epoch(model, model_fwd, train_loader, transform, optimizer, scheduler, scaler,
-                                 autocast, o.label_smoothing, plan.loader.augment, epoch, progress, ctx)
+            stats = _train_epoch(model, model_fwd, train_loader, transform, optimizer, scheduler, prec,
+                                 o.label_smoothing, plan.loader.augment, epoch, progress, ctx)
             dd.broadcast_buffers(ctx, model)
             val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
-            val = evaluate_batches(model, val_loader, transform, autocast, len(classes), ctx=ctx)
+            val = evaluate_batches(model, val_loader, transform, prec.autocast, len(classes), ctx=ctx)
             row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
                    "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"]}
             history.append(row)
@@ -294,11 +322,11 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
             plot_curves(history, out / "curves.png")
     best = max(history, key=lambda h: h["val_f1"]) if history else {}
     return {"out": str(out), "history": history, "best": best, "device": str(device), "rank": ctx.rank,
-            "world_size": ctx.world_size, "amp": str(dtype).replace("torch.", "") if dtype else "fp32",
+            "world_size": ctx.world_size, "amp": prec.name,
             "config": plan.to_dict(), "model": model}
 
 
-def _train_epoch(model, model_fwd, loader, transform, optimizer, scheduler, scaler, autocast,
+def _train_epoch(model, model_fwd, loader, transform, optimizer, scheduler, prec: Precision,
                  label_smoothing: float, augment: bool, epoch: int, progress: bool,
                  ctx: Optional[dd.DistContext] = None) -> dict:
     model.train()
@@ -321,13 +349,7 @@ def _train_epoch(model, model_fwd, loader, transform, optimizer, scheduler, scal
             break
         wait += time.perf_counter() - tw
         x = transform(xb, augment=augment)
-        with autocast():
-            logits = model_fwd(x)
-            loss = nn.functional.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss, logits = prec.step(model_fwd, optimizer, x, yb, label_smoothing)
         scheduler.step()
         loss_sum += loss.detach().double() * len(yb)
         correct += (logits.argmax(1) == yb).sum()
