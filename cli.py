@@ -305,7 +305,8 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
         cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=size, model=model_name,
                           workers=workers or cpu_count(), batch_size=batch_size or (32 if quick else 128),
                           quick=quick, limit=limit if limit is not None else (600 if quick else 0),
-                          repeats=2 if quick else 3, steps=steps or (2 if quick else 5))
+                          repeats=2 if quick else 3, min_seconds=0.05 if quick else 0.5,
+                          steps=steps or (2 if quick else 5))
         r = run_bench(cfg, progress=lambda m: click.echo(m, err=True))
     except (DatasetError, ValueError, OSError) as exc:
         _fail(str(exc))
@@ -318,7 +319,10 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     click.echo("\n1. preprocess                      images/s   peak MB")
     click.echo(f"   project (parallel, draft)     {p['project']['images_per_s']:10.0f}  {p['project']['peak_mb']:8.0f}")
     click.echo(f"   notebooks' loop               {p['notebook_loop']['images_per_s']:10.0f}  {p['notebook_loop']['peak_mb']:8.0f}")
-    click.echo(f"   ratio                         {p['ratio']:9.2f}x")
+    click.echo(f"   decode limit (decode only)    {p['decode_limit']['images_per_s']:10.0f}  {p['decode_limit']['peak_mb']:8.0f}")
+    click.echo(f"   project / notebooks'          {p['ratio']:9.2f}x")
+    click.echo(f"   decode limit / notebooks'     {p['limit_ratio']:9.2f}x")
+    click.echo(f"   project / decode limit        {100 * p['project_vs_limit']:9.1f}%")
     ld = r["loading"]
     rates = ld["images_per_s"]
     click.echo("\n2. one epoch of loading           images/s")

@@ -21,6 +21,7 @@ ratio measures the pipeline, not a cheaper filter. Figures are medians of
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import resource
@@ -38,13 +39,21 @@ from .discover import discover
 logger = logging.getLogger(__name__)
 
 
-def _median_rate(fn: Callable[[], int], repeats: int) -> float:
-    """Images/s of ``fn`` (which returns how many images it handled): median of repeats."""
+def _median_rate(fn: Callable[[], int], repeats: int, min_seconds: float = 0.0) -> float:
+    """Images/s of ``fn`` (which returns how many images it handled): median of repeats.
+
+    A repeat calls ``fn`` again until it has run ``min_seconds``: an epoch of
+    a small split lasts ~10 ms, too short to time on a shared 2-core VM.
+    """
     rates = []
     for _ in range(max(1, repeats)):
-        t = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t))
+        t, n = time.perf_counter(), 0
+        while True:
+            n += fn()
+            dt = time.perf_counter() - t
+            if dt >= min_seconds:
+                break
+        rates.append(n / dt)
     return statistics.median(rates)
 
 
@@ -78,16 +87,39 @@ def _notebook_loop(files: list[Path], size: int) -> list:
     return out
 
 
+def _decode_only(task: tuple[list[str], int]) -> int:
+    """Read, reduced-size decode and resize files, keeping nothing: how many decoded."""
+    from .decode import DecodeError, decode_file
+
+    paths, size = task
+    n = 0
+    for p in paths:
+        try:
+            decode_file(p, size)
+            n += 1
+        except (DecodeError, OSError):
+            pass
+    return n
+
+
+def _decode_limit(files: list[Path], size: int, workers: int) -> int:
+    """The stage's ceiling on this machine: only the decode work, on every worker, nothing else."""
+    tasks = [([str(p) for p in files[k: k + 32]], size) for k in range(0, len(files), 32)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        return sum(pool.imap_unordered(_decode_only, tasks))
+
+
 def _run_measured(conn, kind: str, root: str, out: str, size: int, workers: int) -> None:
     """Child process body: time one preprocess variant and report its peak memory."""
-    from PIL import Image  # noqa: F401  (imports happen before the clock starts, for both)
+    from PIL import Image  # noqa: F401  (imports happen before the clock starts, for all)
 
     from .preprocess import preprocess
 
     t = time.perf_counter()
-    if kind == "notebook":
+    if kind in ("notebook", "decode_limit"):
         disc = discover(Path(root))
-        n = len(_notebook_loop([Path(root) / rel for rel, _ in disc.files], size))
+        files = [Path(root) / rel for rel, _ in disc.files]
+        n = len(_notebook_loop(files, size)) if kind == "notebook" else _decode_limit(files, size, workers)
     else:
         m = preprocess(Path(root), Path(out), PreprocessConfig(size=size), workers=workers, force=True)
         n = m["counts"]["train"] + m["counts"]["val"]
@@ -114,7 +146,11 @@ def bench_preprocess(root: Path, shards: Path, cfg: BenchConfig) -> dict:
         (root / rel).read_bytes()
     ours = _measure_process("project", root, shards, cfg.size, cfg.workers)
     base = _measure_process("notebook", root, shards, cfg.size, cfg.workers)
-    return {"project": ours, "notebook_loop": base, "ratio": ours["images_per_s"] / base["images_per_s"]}
+    limit = _measure_process("decode_limit", root, shards, cfg.size, cfg.workers)
+    return {"project": ours, "notebook_loop": base, "decode_limit": limit,
+            "ratio": ours["images_per_s"] / base["images_per_s"],
+            "limit_ratio": limit["images_per_s"] / base["images_per_s"],
+            "project_vs_limit": ours["images_per_s"] / limit["images_per_s"]}
 
 
 # --- stage 2: one epoch of loading ---------------------------------------------------------------
@@ -146,8 +182,8 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
         lc = LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers if cache == "none" else 0, cache=cache)
         loader = create_loader(split, lc, device=device, train=True)
         epoch_of(loader)  # warm-up: worker start, page cache, allocator
-        epochs = iter(range(1, cfg.repeats + 1))  # consecutive epochs, as in training
-        res[name] = _median_rate(lambda: epoch_of(loader, next(epochs)), cfg.repeats)
+        epochs = itertools.count(1)  # consecutive epochs, as in training
+        res[name] = _median_rate(lambda: epoch_of(loader, next(epochs)), cfg.repeats, cfg.min_seconds)
 
     class NotebookDataset(Dataset):  # the notebooks' per-sample float32 conversion
         def __len__(self):
@@ -157,7 +193,7 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
             return torch.from_numpy(images[i].transpose(2, 0, 1).astype(np.float32) / 255.0), int(split.labels[i])
 
     nb = DataLoader(NotebookDataset(), batch_size=32, shuffle=True)
-    res["notebook_loader"] = _median_rate(lambda: sum(len(x) for x, _ in nb), cfg.repeats)
+    res["notebook_loader"] = _median_rate(lambda: sum(len(x) for x, _ in nb), cfg.repeats, cfg.min_seconds)
 
     disc = discover(root)
     files = [root / rel for rel, _ in disc.files][: max(256, n // 4) if cfg.quick else None]
@@ -197,8 +233,8 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
         return batches * cfg.batch_size
 
     gather_numpy(), gather_torch()
-    res["memory_limit_numpy"] = _median_rate(gather_numpy, cfg.repeats)
-    res["memory_limit_torch"] = _median_rate(gather_torch, cfg.repeats)
+    res["memory_limit_numpy"] = _median_rate(gather_numpy, cfg.repeats, cfg.min_seconds)
+    res["memory_limit_torch"] = _median_rate(gather_torch, cfg.repeats, cfg.min_seconds)
     res["memory_limit_gather"] = max(res["memory_limit_numpy"], res["memory_limit_torch"])
     return {
         "images_per_s": res,

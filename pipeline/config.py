@@ -171,6 +171,8 @@ class BenchConfig:
         quick: a smoke run (< 1 minute on 2 cores): fewer images and steps.
         limit: at most this many images (0 = all).
         repeats: timed repeats of each cheap measurement (the median is kept).
+        min_seconds: a timed repeat of a loading measurement runs whole
+            epochs until at least this long (an epoch of 1,700 images is ~10 ms).
         steps: timed training steps per variant.
     """
 
@@ -182,4 +184,5 @@ class BenchConfig:
     quick: bool = False
     limit: int = 0
     repeats: int = 3
+    min_seconds: float = 0.5
     steps: int = 5

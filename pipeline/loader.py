@@ -8,8 +8,9 @@ Hops a batch makes from disk to the model:
   On CPU the model reads that slot in place: one copy from disk to model.
   On CUDA (2) the pin-memory thread copies it to pinned memory and (3) one
   ``non_blocking`` DMA puts it on the GPU.
-* resident in RAM (``cache='ram'``): (1) one gather from the in-RAM split
-  (into pinned memory on CUDA) and (2) the DMA; no worker processes.
+* resident in RAM (``cache='ram'``): (1) one multi-threaded gather from the
+  in-RAM split into one of three reused buffers (pinned memory on CUDA)
+  and (2) the DMA; no worker processes.
 * resident on the device (``cache='device'``): the split was copied to the
   GPU once; each batch is one gather there, zero host hops.
 
@@ -243,7 +244,9 @@ class BatchLoader:
 
     Built by :func:`create_loader`; iterate it once per epoch after
     :meth:`set_epoch`. Yields ``(images uint8 (B, H, W, 3), labels int64)``
-    already on ``device``.
+    already on ``device``. On CPU a batch's memory is reused a few batches
+    later (three in RAM mode, ``prefetch_factor + 2`` when streaming), so a
+    consumer that keeps batches (a list of them) must ``clone()`` them.
     """
 
     def __init__(self, split: SplitSet, cfg: LoaderConfig, device: torch.device, mode: str,
@@ -256,6 +259,13 @@ class BatchLoader:
             images = torch.from_numpy(split.load_all())
             self._images = images.to(device) if mode == "device" else images
             self._labels_dev = self.labels.to(device)
+            # CPU batches are gathered into a ring of reused buffers: a fresh
+            # 6 MB buffer per batch page-faults on every 4 KB and gathered
+            # at 370k img/s instead of 450k (128 px, batch 128, measured
+            # here). Pinned CUDA buffers come from torch's caching host
+            # allocator, which already reuses them once their DMA is done.
+            self._ring = [torch.empty((cfg.batch_size,) + tuple(images.shape[1:]), dtype=torch.uint8)
+                          for _ in range(3 if mode == "ram" and device.type != "cuda" else 0)]
         else:
             cuda = device.type == "cuda"
             workers = cfg.workers
@@ -298,13 +308,16 @@ class BatchLoader:
                 yield x.to(self.device, non_blocking=nb), torch.from_numpy(y).to(self.device, non_blocking=nb)
             self._next_epoch = epoch + 1
             return
-        for idx in self.sampler:
+        for k, idx in enumerate(self.sampler):
             if self.mode == "device":
                 t = torch.from_numpy(idx).to(self.device)
                 yield self._images.index_select(0, t), self._labels_dev.index_select(0, t)
             else:
                 t = torch.from_numpy(idx)
-                buf = torch.empty((len(idx),) + tuple(self._images.shape[1:]), dtype=torch.uint8, pin_memory=nb)
+                if self._ring:
+                    buf = self._ring[k % len(self._ring)][: len(idx)]
+                else:
+                    buf = torch.empty((len(idx),) + tuple(self._images.shape[1:]), dtype=torch.uint8, pin_memory=nb)
                 torch.index_select(self._images, 0, t, out=buf)
                 yield buf.to(self.device, non_blocking=nb), self.labels[t].to(self.device, non_blocking=nb)
 

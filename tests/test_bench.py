@@ -10,7 +10,8 @@ def test_quick_bench_runs_every_stage_and_writes_json(lookalike, tmp_path):
     r = CliRunner().invoke(cli.main, ["bench", "--quick", "--data-dir", str(lookalike), "--size", "32",
                                       "--model", "cnn4conv", "--limit", "160", "--json", str(out)])
     assert r.exit_code == 0, r.output
-    for line in ("1. preprocess", "2. one epoch of loading", "3. cnn4conv training step", "ratio"):
+    for line in ("1. preprocess", "decode limit", "2. one epoch of loading", "3. cnn4conv training step",
+                 "DataLoader / notebooks'"):
         assert line in r.output
     data = json.loads(out.read_text())
     assert data["config"]["quick"] is True and data["config"]["size"] == 32
@@ -18,6 +19,9 @@ def test_quick_bench_runs_every_stage_and_writes_json(lookalike, tmp_path):
     pre = data["preprocess"]
     assert 100 < pre["project"]["images"] <= pre["notebook_loop"]["images"]  # the project drops duplicates
     assert pre["ratio"] > 0 and pre["project"]["peak_mb"] > 0
+    # the decode limit decodes what the loop decodes (minus nothing: same files, same decoder errors)
+    assert pre["decode_limit"]["images"] == pre["notebook_loop"]["images"]
+    assert abs(pre["limit_ratio"] - pre["decode_limit"]["images_per_s"] / pre["notebook_loop"]["images_per_s"]) < 1e-9
     rates = data["loading"]["images_per_s"]
     assert set(rates) >= {"project_dataloader", "project_resident", "notebook_loader", "decode_every_epoch",
                           "memory_limit_gather"}
