@@ -305,7 +305,7 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
         cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=size, model=model_name,
                           workers=workers or cpu_count(), batch_size=batch_size or (32 if quick else 128),
                           quick=quick, limit=limit if limit is not None else (600 if quick else 0),
-                          repeats=2 if quick else 3, min_seconds=0.05 if quick else 0.5,
+                          repeats=2 if quick else 5, min_seconds=0.05 if quick else 0.5,
                           steps=steps or (2 if quick else 5))
         r = run_bench(cfg, progress=lambda m: click.echo(m, err=True))
     except (DatasetError, ValueError, OSError) as exc:

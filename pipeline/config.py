@@ -170,7 +170,8 @@ class BenchConfig:
         batch_size: the project's batch size (the notebooks' is 32).
         quick: a smoke run (< 1 minute on 2 cores): fewer images and steps.
         limit: at most this many images (0 = all).
-        repeats: timed repeats of each cheap measurement (the median is kept).
+        repeats: timed repeats (interleaved rounds for loading) of each cheap
+            measurement; the median is kept.
         min_seconds: a timed repeat of a loading measurement runs whole
             epochs until at least this long (an epoch of 1,700 images is ~10 ms).
         steps: timed training steps per variant.
@@ -183,6 +184,6 @@ class BenchConfig:
     batch_size: int = 128
     quick: bool = False
     limit: int = 0
-    repeats: int = 3
+    repeats: int = 5
     min_seconds: float = 0.5
     steps: int = 5

@@ -26,5 +26,9 @@ def test_quick_bench_runs_every_stage_and_writes_json(lookalike, tmp_path):
     assert set(rates) >= {"project_dataloader", "project_resident", "notebook_loader", "decode_every_epoch",
                           "memory_limit_gather"}
     assert all(v > 0 for v in rates.values())
+    rounds = data["loading"]["rounds"]  # interleaved rounds (2 with --quick), ratios taken within a round
+    assert all(len(r) == 2 for r in rounds.values())
+    within = sorted(a / b for a, b in zip(rounds["project_dataloader"], rounds["notebook_loader"]))
+    assert abs(data["loading"]["dataloader_vs_notebook"] - sum(within) / 2) < 1e-9
     assert data["training"]["fp32"]["compute_images_per_s"] > 0
     assert 0 <= data["training"]["fp32"]["data_wait_share"] < 1
