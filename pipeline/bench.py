@@ -183,11 +183,12 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
 
     # glibc's malloc serves the notebooks' loader's 196 KB float32 samples and
     # 6 MB batches (at 128 px) from reused heap or from fresh pages, depending
-    # on the largest block the process has freed so far: in fresh processes the
-    # same code ran at 17k or 36k img/s. Freeing one 16 MB block first puts
-    # every contender in the fast state (41-43k in six fresh processes), the
-    # state of a notebook's training process once the model has freed
-    # activations; so the baseline is taken at its best.
+    # on the largest block the process has freed so far: in fresh processes
+    # the same code ran at either speed (about 2x apart; fast in 3 of 7).
+    # Freeing one 16 MB block first raises malloc's mmap threshold above the
+    # batch size, which gave the fast state in 7 of 7: the state of a
+    # notebook's training process once its model has freed activations, so
+    # the baseline is taken at its best.
     warm = np.ones(16 << 20, dtype=np.uint8)
     del warm
 
