@@ -58,25 +58,27 @@ def _decode_task(task: tuple[int, list[str]]) -> tuple[int, list[tuple[str, Opti
     """
     start, rels = task
     cfg = _worker["cfg"]
-    buf = np.zeros((len(rels), cfg.size, cfg.size, 3), dtype=np.uint8)
+    shape = (len(rels), cfg.size, cfg.size, 3)
+    if _worker.get("run_buf") is None or _worker["run_buf"].shape != shape:  # reused: see _gather
+        _worker["run_buf"] = np.empty(shape, dtype=np.uint8)
+    buf = _worker["run_buf"]
     out = []
     for j, rel in enumerate(rels):
+        digest, reason = "", None
         try:
             with open(os.path.join(_worker["root"], rel), "rb") as fh:
                 data = fh.read()
-        except OSError as exc:
-            out.append(("", f"unreadable: {exc.strerror}"))
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        try:
+            digest = hashlib.sha256(data).hexdigest()
             buf[j] = decode_bytes(data, cfg.size, cfg.fit, cfg.min_side)
+        except OSError as exc:
+            reason = f"unreadable: {exc.strerror}"
         except DecodeError as exc:
-            out.append((digest, str(exc)))
-            continue
+            reason = str(exc)
         except Exception as exc:  # a decoder bug on a hostile file is still one bad file
-            out.append((digest, f"cannot decode: {type(exc).__name__}: {exc}"))
-            continue
-        out.append((digest, None))
+            reason = f"cannot decode: {type(exc).__name__}: {exc}"
+        if reason:
+            buf[j] = 0
+        out.append((digest, reason))
     if os.pwrite(_worker["fd"], buf, start * buf[0].nbytes) != buf.nbytes:  # buffer protocol: no copy
         raise OSError("short write to the staging file")
     return start, out
@@ -106,12 +108,12 @@ def _stats_task(rows: np.ndarray) -> tuple[int, list[int], list[int]]:
 def mean_std(pool: _Pool, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std in [0, 1] of the staged ``rows``, computed by the pool."""
     chunks = [rows[k: k + 512] for k in range(0, len(rows), 512)]
-    n, s, q = 0, np.zeros(3), np.zeros(3)
-    for cn, cs, cq in pool.imap(_stats_task, chunks):  # in order: the float sum is reproducible
-        n, s, q = n + cn, s + np.array(cs, dtype=np.float64), q + np.array(cq, dtype=np.float64)
+    n, s, q = 0, [0, 0, 0], [0, 0, 0]  # Python ints: exact whatever the order
+    for cn, cs, cq in pool.imap_unordered(_stats_task, chunks, chunksize=1):
+        n, s, q = n + cn, [a + b for a, b in zip(s, cs)], [a + b for a, b in zip(q, cq)]
     n = max(n, 1)
-    mean = s / (255.0 * n)
-    std = np.sqrt(np.maximum(q / (255.0 ** 2 * n) - mean ** 2, 1e-12))
+    mean = np.array(s, dtype=np.float64) / (255.0 * n)
+    std = np.sqrt(np.maximum(np.array(q, dtype=np.float64) / (255.0 ** 2 * n) - mean ** 2, 1e-12))
     return mean, std
 
 
@@ -149,6 +151,7 @@ class _Pool:
             self.pool.join()
         else:
             _worker.pop("buf", None)
+            _worker.pop("run_buf", None)
             os.close(_worker.pop("fd"))
 
 
