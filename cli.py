@@ -23,6 +23,12 @@ import click
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
+# The names model.MODELS registers, spelled out so that `--help` and the
+# data commands do not import torch (tests/test_model.py checks they agree).
+MODELS = click.Choice(["bart", "cnn4conv"])
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+
+
 def _fail(msg: str) -> None:
     click.echo(f"error: {msg}", err=True)
     sys.exit(1)
@@ -152,7 +158,7 @@ def verify(out: Path) -> None:
 
 @main.command()
 @click.option("--shards", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
-@click.option("--model", "model_name", type=click.Choice(["bart", "cnn4conv"]), default="bart", help="Architecture.")
+@click.option("--model", "model_name", type=MODELS, default="bart", help="Architecture.")
 @click.option("--recipe", type=click.Choice(["default", "notebook"]), default="default",
               help="default: best measured; notebook: the model's notebook hyper-parameters exactly.")
 @click.option("--epochs", type=int, default=None, help="Override the recipe's epochs.")
@@ -160,7 +166,7 @@ def verify(out: Path) -> None:
 @click.option("--lr", type=float, default=None, help="Override the recipe's learning rate.")
 @click.option("--seed", type=int, default=None, help="Seeds init, order, workers, augmentation [default: recipe's].")
 @click.option("--amp/--no-amp", default=False, help="Mixed precision: bf16 (or fp16 + GradScaler) on CUDA, bf16 on CPUs that have it.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Where to train.")
+@click.option("--device", type=DEVICES, default="auto", help="Where to train.")
 @click.option("--workers", type=int, default=None, help="DataLoader workers [default: CPU count].")
 @click.option("--cache", type=click.Choice(["auto", "device", "ram", "none"]), default="auto",
               help="Keep the split resident on the device or in RAM, or stream from shards.")
@@ -193,8 +199,8 @@ def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device,
             optim = replace(optim, epochs=epochs)
         if lr is not None:
             optim = replace(optim, lr=lr)
-        seed = seed if seed is not None else loader_kw.pop("seed", 42)
-        loader_kw.pop("seed", None)
+        recipe_seed = loader_kw.pop("seed", 42)
+        seed = recipe_seed if seed is None else seed
         loader = LoaderConfig(**{**loader_kw, "seed": seed, "workers": cpu_count() if workers is None else workers,
                                  "cache": cache, "balance": balance,
                                  **({"batch_size": batch_size} if batch_size else {}),
@@ -222,7 +228,7 @@ def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device,
               help="Evaluate raw images instead: class folders, or a flat folder of <class>_<n>.jpg.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Where confusion_matrix.png goes [default: the checkpoint's folder].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--device", type=DEVICES, default="auto")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
 def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> None:
     """Accuracy, macro-F1, per-class precision/recall/F1 and a confusion matrix."""
@@ -258,7 +264,7 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--top-k", type=int, default=3, help="Classes shown per image.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--device", type=DEVICES, default="auto")
 def predict(checkpoint, paths, top_k, device) -> None:
     """Top-k classes with probabilities for image files or folders."""
     from pipeline.checkpoint import CheckpointError
@@ -285,7 +291,7 @@ def predict(checkpoint, paths, top_k, device) -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Images to measure [default: the embedded look-alike set].")
 @click.option("--size", type=int, default=128, help="Square image side in pixels.")
-@click.option("--model", "model_name", type=click.Choice(["bart", "cnn4conv"]), default="bart",
+@click.option("--model", "model_name", type=MODELS, default="bart",
               help="Network for the training-step stage.")
 @click.option("--workers", type=int, default=None, help="Workers for every parallel variant [default: CPU count].")
 @click.option("--batch-size", type=int, default=None, help="The project's batch size [default: 128, --quick 32].")

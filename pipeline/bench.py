@@ -54,11 +54,6 @@ def _rate(fn: Callable[[], int], min_seconds: float = 0.0) -> float:
             return n / dt
 
 
-def _median_rate(fn: Callable[[], int], repeats: int, min_seconds: float = 0.0) -> float:
-    """Median of ``repeats`` :func:`_rate` figures."""
-    return statistics.median(_rate(fn, min_seconds) for _ in range(max(1, repeats)))
-
-
 def _interleaved(contenders: dict[str, Callable[[], int]], repeats: int, min_seconds: float) -> dict[str, list]:
     """Each contender's rate per round, measured round-robin.
 
@@ -89,16 +84,25 @@ def _subset(root: Path, limit: int, dest: Path) -> Path:
 
 # --- stage 1: preprocess -------------------------------------------------------------------------
 
-def _notebook_loop(files: list[Path], size: int) -> list:
-    """The notebooks' way: decode at full size, convert, resize, keep every array in RAM."""
+def _notebook_decode(path: Path, size: int) -> np.ndarray:
+    """The notebooks' per-image decode: open, full-size decode, convert, resize, ``np.array``.
+
+    Raises:
+        OSError: not an image, or damaged.
+    """
     from PIL import Image
 
     from .decode import RESAMPLE
 
+    return np.array(Image.open(path).convert("RGB").resize((size, size), RESAMPLE))
+
+
+def _notebook_loop(files: list[Path], size: int) -> list:
+    """The notebooks' way: one image after another, every array kept in RAM."""
     out = []
     for p in files:
         try:
-            out.append(np.array(Image.open(p).convert("RGB").resize((size, size), RESAMPLE)))
+            out.append(_notebook_decode(p, size))
         except OSError:
             pass
     return out
@@ -177,7 +181,6 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
     from torch.utils.data import DataLoader, Dataset
 
     from .config import LoaderConfig
-    from .decode import RESAMPLE
     from .loader import create_loader
     from .shard_format import open_split
 
@@ -261,17 +264,16 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
             return len(files)
 
         def __getitem__(self, i):
-            from PIL import Image
             try:
-                im = Image.open(files[i]).convert("RGB").resize((cfg.size, cfg.size), RESAMPLE)
+                px = _notebook_decode(files[i], cfg.size)
             except OSError:
-                im = Image.new("RGB", (cfg.size, cfg.size))
-            return torch.from_numpy(np.asarray(im).transpose(2, 0, 1).astype(np.float32) / 255.0), 0
+                px = np.zeros((cfg.size, cfg.size, 3), dtype=np.uint8)
+            return torch.from_numpy(px.transpose(2, 0, 1).astype(np.float32) / 255.0), 0
 
     dec = DataLoader(DecodeDataset(), batch_size=32, shuffle=True, num_workers=cfg.workers,
                      persistent_workers=cfg.workers > 0)
     sum(len(x) for x, _ in dec)  # warm-up
-    res["decode_every_epoch"] = _median_rate(lambda: sum(len(x) for x, _ in dec), 1)  # ~7 s an epoch
+    res["decode_every_epoch"] = _rate(lambda: sum(len(x) for x, _ in dec))  # one epoch: ~7 s
 
     within = lambda a, b: statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))  # noqa: E731
     return {
@@ -295,6 +297,10 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
     from .train import Precision
 
     split = open_split(shards, "train")
+    tf = DeviceTransform(split.mean, split.std, device, channels_last=True)
+    # One loader for both variants: with cache=auto it holds the split in RAM.
+    loader = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="auto"),
+                           device=device, train=True)
     out = {}
     for amp in (False, True):
         prec = Precision(device, amp)
@@ -305,12 +311,10 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
         model = create_model(cfg.model, num_classes=len(split.class_names), image_size=cfg.size)
         model = model.to(device, memory_format=torch.channels_last).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        tf = DeviceTransform(split.mean, split.std, device, channels_last=True)
-        loader = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="auto"),
-                               device=device, train=True)
         step = lambda xb, yb: prec.step(model, opt, tf(xb, augment=True), yb)  # noqa: E731,B023
 
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        loader.set_epoch(0)
         it = iter(loader)
         xb, yb = next(it)
         step(xb, yb)  # warm-up (kernel selection, allocator)

@@ -34,16 +34,27 @@ def pil_backend() -> dict:
     }
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else platform's."""
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text, or "" off Linux."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return fh.read()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform's."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmuls run natively (AVX512-BF16 or AMX); elsewhere they are emulated and slower."""
+    flags = _cpuinfo()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def cpu_count() -> int:

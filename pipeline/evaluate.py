@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix, f1_score
+from sklearn.metrics import classification_report, confusion_matrix
 from tqdm import tqdm
 
 from model import create_model
@@ -23,7 +23,7 @@ from .discover import IMAGE_EXTENSIONS, DatasetError, discover
 from .loader import DeviceTransform
 from .shard_format import open_split
 from .checkpoint import load_checkpoint
-from .train import resolve_device
+from .train import accuracy_f1, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def _report(clf: Classifier, y_true: np.ndarray, probs: np.ndarray, out_dir: Pat
     plot_confusion(cm, names, out_dir / "confusion_matrix.png")
     per_class = classification_report(y_true, y_pred, labels=labels, target_names=names, output_dict=True,
                                       zero_division=0)
-    return {"images": int(len(y_true)), "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
-            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else 0.0,
+    accuracy, macro_f1 = accuracy_f1(y_true, y_pred)
+    return {"images": int(len(y_true)), "accuracy": accuracy, "macro_f1": macro_f1,
             "per_class": {n: per_class[n] for n in names}, "confusion_matrix_png": str(out_dir / "confusion_matrix.png"),
             **extra}
 

@@ -33,6 +33,7 @@ from model import NOTEBOOK_RECIPES, count_parameters, create_model
 from . import distributed as dd
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import LoaderConfig, ModelConfig, OptimConfig, RunConfig, to_dict
+from .env import cpu_has_fast_bf16
 from .loader import DeviceTransform, create_loader
 from .shard_format import open_split, read_manifest
 
@@ -80,16 +81,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda but no CUDA device is visible; use --device cpu")
     return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """bf16 matmuls run natively (AVX512-BF16 or AMX); elsewhere they are emulated and slower."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def amp_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
@@ -141,6 +132,13 @@ class Precision:
         return loss, logits
 
 
+def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
+    """Accuracy and macro-F1 of predicted labels (both 0.0 for no samples)."""
+    if not len(y_true):
+        return 0.0, 0.0
+    return float((y_pred == y_true).mean()), float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
 def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autocast, num_classes: int,
                      label_smoothing: float = 0.0, ctx: Optional[dd.DistContext] = None) -> dict:
     """Loss, accuracy and macro-F1 of ``model`` over a loader (no grad).
@@ -166,10 +164,8 @@ def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autoc
         y_true = np.array([v for p in parts for v in p[0]], dtype=np.int64)
         y_pred = np.array([v for p in parts for v in p[1]], dtype=np.int64)
         loss_sum = torch.tensor(sum(p[2] for p in parts), dtype=torch.float64)
-    n = max(1, len(y_true))
-    return {"loss": float(loss_sum) / n, "acc": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
-            "f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)) if len(y_true) else 0.0,
-            "y_true": y_true, "y_pred": y_pred}
+    acc, f1 = accuracy_f1(y_true, y_pred)
+    return {"loss": float(loss_sum) / max(1, len(y_true)), "acc": acc, "f1": f1, "y_true": y_true, "y_pred": y_pred}
 
 
 def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress: bool = False,

@@ -27,3 +27,10 @@ def test_bad_arguments_are_clear():
         create_model("bart", image_size=100)
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet")
+
+
+def test_cli_offers_every_registered_model():
+    import cli
+    from model import MODELS
+
+    assert sorted(cli.MODELS.choices) == sorted(MODELS)
