@@ -75,6 +75,25 @@ def test_batches_identical_across_runs_and_cover_each_sample_once(easy_shards, w
     assert torch.equal(torch.bincount(labels, minlength=4), torch.from_numpy(np.bincount(split.labels, minlength=4)))
 
 
+@pytest.mark.parametrize("workers,train,balance", [(0, True, False), (2, True, False), (2, False, False),
+                                                    (2, True, True)])
+def test_each_batch_holds_the_rows_and_labels_of_its_planned_indices(easy_shards, workers, train, balance):
+    # batches of 7 over shards of ~20 images: many batches span two shards
+    split = sf.open_split(easy_shards, "train")
+    images = split.load_all()
+    loader = create_loader(split, LoaderConfig(batch_size=7, workers=workers, cache="none", seed=3, balance=balance),
+                           device=torch.device("cpu"), train=train)
+    loader.set_epoch(2)
+    idx = loader.sampler.indices(2)
+    spans = 0
+    for k, (x, y) in enumerate(loader):
+        want = idx[k * 7: (k + 1) * 7]
+        spans += len(np.unique(np.searchsorted(split.offsets, want, side="right"))) > 1
+        assert np.array_equal(x.numpy(), images[want])
+        assert np.array_equal(y.numpy(), split.labels[want])
+    assert k == len(idx) // 7 - (len(idx) % 7 == 0) and spans > 0
+
+
 def test_device_transform_normalises_and_augments_reproducibly():
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
     x = torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8)
