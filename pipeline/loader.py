@@ -177,6 +177,7 @@ class ShardBatchDataset(Dataset):
         self._pid: Optional[int] = None
         self._slots: list[torch.Tensor] = []
         self._next = 0
+        self._spare: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -216,20 +217,41 @@ class ShardBatchDataset(Dataset):
                 self._slots.append(slot)
         return self._slots[k][:n], None
 
+    def _gather_runs(self, idx: np.ndarray, sid: np.ndarray, cuts: np.ndarray, dst: torch.Tensor) -> None:
+        """Gather ``idx`` (in runs of one shard, split at ``cuts``) into ``dst``."""
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(idx)]):
+            local = torch.from_numpy(idx[a:b] - self.offsets[sid[a]])
+            torch.index_select(self._shard(sid[a]), 0, local, out=dst[a:b])
+
+    def _scratch(self, n: int) -> torch.Tensor:
+        """A per-process buffer for ``n`` images, reused from batch to batch."""
+        if self._spare is None or len(self._spare) < n:
+            self._spare = torch.empty((n, self.size, self.size, 3), dtype=torch.uint8)
+        return self._spare[:n]
+
     def __getitem__(self, idx: np.ndarray) -> tuple:
         if self._pid != os.getpid():  # first call in this process: nothing inherited is valid
             self._maps, self._loaded = [None] * len(self.shards), []
-            self._slots, self._next, self._pid = [], 0, os.getpid()
+            self._slots, self._next, self._pid, self._spare = [], 0, os.getpid(), None
         idx = np.asarray(idx, dtype=np.int64)
         out, token = self._buffer(len(idx))
         sid = np.searchsorted(self.offsets, idx, side="right") - 1
-        for s in np.unique(sid):
-            sel = sid == s
-            local = torch.from_numpy(idx[sel] - self.offsets[s])
-            if sel.all():
-                torch.index_select(self._shard(s), 0, local, out=out)
-            else:  # a batch across a shard boundary (rare: evaluation order, balanced sampling)
-                out[torch.from_numpy(np.flatnonzero(sel))] = self._shard(s).index_select(0, local)
+        # An epoch goes shard by shard, so a batch is one run of samples from
+        # one shard, or two where it crosses a boundary (1 batch in 10 at 128
+        # px): each run is gathered straight into its rows of ``out``.
+        # Balanced sampling mixes shards within a batch: its rows are
+        # gathered in shard order into a reused buffer, then put in place.
+        # (A temporary per shard instead, fresh memory each batch, held the
+        # DataLoader path at 226k img/s vs 337k at 128 px here.)
+        cuts = np.flatnonzero(sid[1:] != sid[:-1]) + 1
+        if len(cuts) < 8:
+            self._gather_runs(idx, sid, cuts, out)
+        else:
+            order = np.argsort(sid, kind="stable")
+            sid_sorted = sid[order]
+            scratch = self._scratch(len(idx))
+            self._gather_runs(idx[order], sid_sorted, np.flatnonzero(sid_sorted[1:] != sid_sorted[:-1]) + 1, scratch)
+            out.index_copy_(0, torch.from_numpy(order), scratch)
         # Labels go back as a numpy array, pickled by value (1 KB): a tensor
         # would cost a shared-memory segment and a file descriptor per batch.
         return (token if token is not None else out), self.labels[idx]

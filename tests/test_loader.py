@@ -75,23 +75,24 @@ def test_batches_identical_across_runs_and_cover_each_sample_once(easy_shards, w
     assert torch.equal(torch.bincount(labels, minlength=4), torch.from_numpy(np.bincount(split.labels, minlength=4)))
 
 
-@pytest.mark.parametrize("workers,train,balance", [(0, True, False), (2, True, False), (2, False, False),
-                                                    (2, True, True)])
-def test_each_batch_holds_the_rows_and_labels_of_its_planned_indices(easy_shards, workers, train, balance):
-    # batches of 7 over shards of ~20 images: many batches span two shards
+@pytest.mark.parametrize("workers,train,balance,batch", [(0, True, False, 7), (2, True, False, 7),
+                                                          (2, False, False, 7), (2, True, True, 7), (0, True, True, 32)])
+def test_each_batch_holds_the_rows_and_labels_of_its_planned_indices(easy_shards, workers, train, balance, batch):
+    # shards of ~20 images: batches of 7 often span two shards; balanced
+    # batches of 32 mix every shard (the gather-then-scatter path)
     split = sf.open_split(easy_shards, "train")
     images = split.load_all()
-    loader = create_loader(split, LoaderConfig(batch_size=7, workers=workers, cache="none", seed=3, balance=balance),
-                           device=torch.device("cpu"), train=train)
+    loader = create_loader(split, LoaderConfig(batch_size=batch, workers=workers, cache="none", seed=3,
+                                               balance=balance), device=torch.device("cpu"), train=train)
     loader.set_epoch(2)
     idx = loader.sampler.indices(2)
-    spans = 0
+    shards_per_batch = []
     for k, (x, y) in enumerate(loader):
-        want = idx[k * 7: (k + 1) * 7]
-        spans += len(np.unique(np.searchsorted(split.offsets, want, side="right"))) > 1
+        want = idx[k * batch: (k + 1) * batch]
+        shards_per_batch.append(len(np.unique(np.searchsorted(split.offsets, want, side="right"))))
         assert np.array_equal(x.numpy(), images[want])
         assert np.array_equal(y.numpy(), split.labels[want])
-    assert k == len(idx) // 7 - (len(idx) % 7 == 0) and spans > 0
+    assert len(shards_per_batch) == -(-len(idx) // batch) and max(shards_per_batch) > 1
 
 
 def test_device_transform_normalises_and_augments_reproducibly():
