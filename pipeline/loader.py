@@ -141,10 +141,9 @@ class ShardBatchDataset(Dataset):
 
     Each worker maps the shards lazily on first use (maps and HDF5 handles
     must not cross a fork) and gathers a batch with one
-    ``torch.index_select`` per shard it touches: no per-sample Python. (A
-    row copy per image: 0.27 ms per batch of 128 at 128 px on one core here,
-    against 0.47 ms for ``np.take`` into the same buffer; in the DataLoader
-    path that took 2 workers from 164k to 215k img/s.)
+    ``torch.index_select`` per run of samples from one shard: no per-sample
+    Python. (A row copy per image: 0.27 ms per batch of 128 at 128 px on
+    one core here, against 0.47 ms for ``np.take`` into the same buffer.)
 
     In a worker, batches go into a ring of ``ring`` slots per worker, so a
     batch crosses the process boundary with no copy, no page fault and no
@@ -153,8 +152,8 @@ class ShardBatchDataset(Dataset):
     * on CPU the ring is one shared-memory tensor ``shared`` (workers, ring,
       B, H, W, 3) allocated before the workers fork; a worker returns only
       (worker, slot, n) and the labels, and the main process reads the slot
-      in place (measured 150k+ img/s at 128 px on 2 cores, vs 35k with a
-      fresh shared tensor per batch as ``default_collate`` does);
+      in place (a fresh shared tensor per batch, as ``default_collate``
+      makes, held the path at 35k img/s at 128 px on 2 cores);
     * on CUDA each slot is a shared tensor made once by the worker (torch
       caches its mapping in the main process), which the DataLoader's
       pin-memory thread copies to pinned memory for an async DMA.
