@@ -69,17 +69,18 @@ def _interleaved(contenders: dict[str, Callable[[], int]], repeats: int, min_sec
     return rounds
 
 
-def _subset(root: Path, limit: int, dest: Path) -> Path:
-    """``root`` itself, or a class-folder tree of symlinks to an evenly spread ``limit`` files."""
-    disc = discover(root)
-    if not limit or limit >= len(disc.files):
-        return root
-    pick = np.linspace(0, len(disc.files) - 1, limit).astype(int)
-    for i in pick:
-        rel = disc.files[i][0]
-        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest / rel).symlink_to((root / rel).resolve())
-    return dest
+def _subset(root: Path, limit: int, dest: Path) -> tuple[Path, list[Path]]:
+    """The folder to measure and its image files: ``root`` itself, or (with
+    ``limit``) a class-folder tree in ``dest`` of symlinks to an evenly
+    spread ``limit`` of its files."""
+    rels = [rel for rel, _ in discover(root).files]
+    if limit and limit < len(rels):
+        rels = [rels[i] for i in np.linspace(0, len(rels) - 1, limit).astype(int)]
+        for rel in rels:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).symlink_to((root / rel).resolve())
+        root = dest
+    return root, [root / rel for rel in rels]
 
 
 # --- stage 1: preprocess -------------------------------------------------------------------------
@@ -161,10 +162,9 @@ def _measure_process(kind: str, root: Path, out: Path, size: int, workers: int) 
     return {"images": n, "seconds": dt, "images_per_s": n / dt, "peak_mb": peak_mb}
 
 
-def bench_preprocess(root: Path, shards: Path, cfg: BenchConfig) -> dict:
-    disc = discover(root)
-    for rel, _ in disc.files:  # warm the page cache for both contenders
-        (root / rel).read_bytes()
+def bench_preprocess(root: Path, files: list[Path], shards: Path, cfg: BenchConfig) -> dict:
+    for path in files:  # warm the page cache for every contender
+        path.read_bytes()
     ours = _measure_process("project", root, shards, cfg.size, cfg.workers)
     base = _measure_process("notebook", root, shards, cfg.size, cfg.workers)
     limit = _measure_process("decode_limit", root, shards, cfg.size, cfg.workers)
@@ -176,7 +176,7 @@ def bench_preprocess(root: Path, shards: Path, cfg: BenchConfig) -> dict:
 
 # --- stage 2: one epoch of loading ---------------------------------------------------------------
 
-def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
+def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> dict:
     import torch
     from torch.utils.data import DataLoader, Dataset
 
@@ -256,8 +256,7 @@ def bench_loading(root: Path, shards: Path, cfg: BenchConfig, device) -> dict:
                                                                rounds["memory_limit_torch"])]
     res["memory_limit_gather"] = statistics.median(rounds["memory_limit_gather"])
 
-    disc = discover(root)
-    files = [root / rel for rel, _ in disc.files][: max(256, n // 4) if cfg.quick else None]
+    files = files[: max(256, n // 4) if cfg.quick else None]
 
     class DecodeDataset(Dataset):  # ImageFolder-style: decode every image every epoch
         def __len__(self):
@@ -356,12 +355,12 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = logger.info) -
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        root = _subset(Path(cfg.data_dir), cfg.limit, Path(tmp) / "subset")
+        root, files = _subset(Path(cfg.data_dir), cfg.limit, Path(tmp) / "subset")
         shards = Path(tmp) / "shards"
         progress("stage 1/3: preprocess vs the notebooks' loop")
-        pre = bench_preprocess(root, shards, cfg)
+        pre = bench_preprocess(root, files, shards, cfg)
         progress("stage 2/3: one epoch of loading")
-        load = bench_loading(root, shards, cfg, device)
+        load = bench_loading(files, shards, cfg, device)
         progress(f"stage 3/3: {cfg.model} training step")
         trn = bench_training(shards, cfg, device)
     return {"config": to_dict(cfg), "environment": environment(), "device": str(device),

@@ -39,22 +39,20 @@ class DistContext:
         return self.world_size > 1
 
 
-def setup(device: str) -> DistContext:
+def setup(device: torch.device) -> DistContext:
     """Join the process group when launched by torchrun; pick this rank's device.
 
     Args:
-        device: ``auto``, ``cpu`` or ``cuda``; under torchrun ``cuda`` means
-            ``cuda:LOCAL_RANK``.
+        device: the resolved device (``train.resolve_device``); under
+            torchrun CUDA means ``cuda:LOCAL_RANK``.
 
     Raises:
-        RuntimeError: CUDA asked for but missing, or fewer GPUs than local ranks.
+        RuntimeError: fewer GPUs than local ranks.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but no CUDA device is visible; use --device cpu")
+    use_cuda = device.type == "cuda"
     if use_cuda:
         if local >= torch.cuda.device_count():
             raise RuntimeError(f"local rank {local} but only {torch.cuda.device_count()} GPUs on this node; "
@@ -62,7 +60,7 @@ def setup(device: str) -> DistContext:
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     else:
-        dev = torch.device("cpu")
+        dev = device
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
         logger.info("rank %d/%d joined the process group on %s", rank, world, dev)

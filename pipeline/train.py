@@ -139,7 +139,7 @@ def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
     return float((y_pred == y_true).mean()), float(f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
-def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autocast, num_classes: int,
+def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autocast,
                      label_smoothing: float = 0.0, ctx: Optional[dd.DistContext] = None) -> dict:
     """Loss, accuracy and macro-F1 of ``model`` over a loader (no grad).
 
@@ -195,7 +195,7 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         raise TrainingError(f"the shards in {shards} are {size} px; {mcfg.name} needs a multiple of 16: "
                             f"run `python cli.py preprocess --size 128 --force`")
     plan = replace(plan, model=mcfg)
-    ctx = dd.setup(plan.run.device)  # checks the device before joining any process group
+    ctx = dd.setup(resolve_device(plan.run.device))  # checks the device before joining any process group
     try:
         return _run(shards, plan, manifest, train_split, val_split, ctx, resume, progress, say, stop_after)
     finally:
@@ -291,7 +291,7 @@ def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.Dist
                                  o.label_smoothing, plan.loader.augment, epoch, progress, ctx)
             dd.broadcast_buffers(ctx, model)
             val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
-            val = evaluate_batches(model, val_loader, transform, prec.autocast, len(classes), ctx=ctx)
+            val = evaluate_batches(model, val_loader, transform, prec.autocast, ctx=ctx)
             row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
                    "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"]}
             history.append(row)
