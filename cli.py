@@ -18,7 +18,11 @@ import logging
 import sys
 from pathlib import Path
 
+import math
+
 import click
+
+from pipeline.errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -29,12 +33,44 @@ MODELS = click.Choice(["bart", "cnn4conv"])
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
-def _fail(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(1)
+class Finite(click.ParamType):
+    """A float in [lo, hi] ((lo, hi] with ``lo_open``): inf and nan are refused where they enter."""
+
+    name = "number"
+
+    def __init__(self, lo: float, hi: float, lo_open: bool = False) -> None:
+        self.lo, self.hi, self.lo_open = lo, hi, lo_open
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v) or v > self.hi or v < self.lo or (self.lo_open and v == self.lo):
+            self.fail(f"{value} is not a finite number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]",
+                      param, ctx)
+        return v
 
 
-@click.group(context_settings=CONTEXT)
+SIZE = click.IntRange(16, 1024)   # and a multiple of 16: config.check_image_size, one rule for every stage
+WORKERS = click.IntRange(0, 512)
+
+
+class Group(click.Group):
+    """Exit codes: 0 done; 1 a user error, printed as one line (``error: ...``)
+    naming the file and the fix; 2 a usage error (click), or ``predict`` with
+    unreadable images; 130 Ctrl-C. Anything else is a bug and keeps its
+    traceback (CUDA OOM and NCCL errors included)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
 @click.option("-v", "--verbose", help="Log at INFO level (DEBUG with -vv).", count=True)
 def main(verbose: int) -> None:
     """Decode images once into HDF5 shards, then train at memory speed."""
@@ -60,9 +96,10 @@ def info() -> None:
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data/lookalike"), help="Destination folder.")
-@click.option("--scale", type=float, default=1.0, help="Times the real per-class counts (1.0 = 16,764 images).")
+@click.option("--scale", type=Finite(0, 100, lo_open=True), default=1.0,
+              help="Times the real per-class counts (1.0 = 16,764 images).")
 @click.option("--seed", type=int, default=0, help="Same seed, same bytes.")
-@click.option("--workers", type=int, default=None, help="Processes [default: CPU count].")
+@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Processes [default: CPU count].")
 def synth(out: Path, scale: float, seed: int, workers: int | None) -> None:
     """Generate the embedded look-alike Simpsons set (42 classes, real counts and quirks)."""
     from pipeline.config import SynthConfig
@@ -71,7 +108,7 @@ def synth(out: Path, scale: float, seed: int, workers: int | None) -> None:
     try:
         summary = generate(out, SynthConfig(scale=scale, seed=seed), workers=workers, progress=True)
     except (ValueError, OSError) as exc:
-        _fail(str(exc))
+        raise UserError(f"{out}: {exc}") from None
     click.echo(f"wrote {summary['images']} images ({summary['bytes'] / 1e6:.1f} MB) in "
                f"{summary['classes']} classes to {out}; quirks: {summary['quirks']}")
 
@@ -93,35 +130,34 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 
 
 @main.command()
-@click.option("--size", type=int, default=128, help="Square output side in pixels (64 or 128 in the notebooks).")
+@click.option("--size", type=SIZE, default=128,
+              help="Square output side in pixels, a multiple of 16 (64 or 128 in the notebooks).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="One sub-folder per class [default: characters_train/ if present, else the look-alike set].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
-@click.option("--val-frac", type=float, default=0.15, help="Validation share of each class.")
+@click.option("--val-frac", type=Finite(0, 0.9), default=0.15, help="Validation share of each class.")
 @click.option("--seed", type=int, default=42, help="Seeds the split and the shard order.")
 @click.option("--fit", type=click.Choice(["squash", "pad", "crop"]), default="squash",
               help="Aspect policy: squash (the notebooks'), pad or crop.")
-@click.option("--shard-mb", type=float, default=64.0, help="Target shard size in MB.")
+@click.option("--shard-mb", type=Finite(0, 4096, lo_open=True), default=64.0, help="Target shard size in MB.")
 @click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none",
               help="HDF5 compression (none is fastest to read).")
-@click.option("--workers", type=int, default=None, help="Decode processes [default: CPU count].")
+@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Decode processes [default: CPU count].")
 @click.option("--force", is_flag=True, help="Rebuild even if the shards are up to date.")
 def preprocess(size, data_dir, out, val_frac, seed, fit, shard_mb, compression, workers, force) -> None:
     """Decode every image once, resize in parallel, write stratified HDF5 shards."""
     from pipeline.config import PreprocessConfig
-    from pipeline.discover import DatasetError
     from pipeline.preprocess import preprocess as run
 
-    try:
-        cfg = PreprocessConfig(size=size, fit=fit, val_frac=val_frac, seed=seed, shard_mb=shard_mb,
-                               compression=None if compression == "none" else compression)
-        m = run(resolve_data_dir(data_dir), out, cfg, workers=workers, force=force, progress=True)
-    except (DatasetError, ValueError, OSError) as exc:
-        _fail(str(exc))
+    cfg = PreprocessConfig(size=size, fit=fit, val_frac=val_frac, seed=seed, shard_mb=shard_mb,
+                           compression=None if compression == "none" else compression)
+    m = run(resolve_data_dir(data_dir), out, cfg, workers=workers, force=force, progress=True)
     if m["up_to_date"]:
         click.echo(f"{out}: up to date ({m['counts']['train']} train, {m['counts']['val']} val); "
                    f"--force rebuilds")
         return
+    if m.get("rebuilt_because"):
+        click.echo(f"{out}: rebuilt the shard set ({m['rebuilt_because']})")
     t = m["timings"]
     click.echo(f"{out}: {m['counts']['train']} train / {m['counts']['val']} val images at {size}x{size} "
                f"in {sum(1 for _ in m['shards'])} shards")
@@ -141,13 +177,10 @@ def preprocess(size, data_dir, out, val_frac, seed, fit, shard_mb, compression, 
 @click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
 def verify(out: Path) -> None:
     """Re-check shard hashes, counts, labels and shapes; non-zero exit names the bad shard."""
-    from pipeline.shard_format import ShardError, read_manifest
+    from pipeline.shard_format import read_manifest
     from pipeline.shard_format import verify as check
 
-    try:
-        problems = check(out)
-    except ShardError as exc:
-        _fail(str(exc))
+    problems = check(out)
     if problems:
         for p in problems:
             click.echo(f"BAD {p}", err=True)
@@ -156,28 +189,39 @@ def verify(out: Path) -> None:
     click.echo(f"{out}: {len(m['shards'])} shards OK ({m['counts']['train']} train, {m['counts']['val']} val)")
 
 
+# What --resume takes from the checkpoint; giving one of these with it is refused.
+RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment", "balance")
+
+
 @main.command()
-@click.option("--shards", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
+@click.option("--shards", type=click.Path(path_type=Path), default=Path("shards"),
+              help="Shard folder [with --resume: the checkpoint's].")
 @click.option("--model", "model_name", type=MODELS, default="bart", help="Architecture.")
 @click.option("--recipe", type=click.Choice(["default", "notebook"]), default="default",
               help="default: best measured; notebook: the model's notebook hyper-parameters exactly.")
-@click.option("--epochs", type=int, default=None, help="Override the recipe's epochs.")
-@click.option("--batch-size", type=int, default=None, help="Override the recipe's batch size.")
-@click.option("--lr", type=float, default=None, help="Override the recipe's learning rate.")
+@click.option("--epochs", type=click.IntRange(1, 100_000), default=None,
+              help="Override the recipe's epochs (with --resume: extend the run to this many).")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None, help="Override the recipe's batch size.")
+@click.option("--lr", type=Finite(0, 10, lo_open=True), default=None, help="Override the recipe's learning rate.")
 @click.option("--seed", type=int, default=None, help="Seeds init, order, workers, augmentation [default: recipe's].")
-@click.option("--amp/--no-amp", default=False, help="Mixed precision: bf16 (or fp16 + GradScaler) on CUDA, bf16 on CPUs that have it.")
+@click.option("--amp/--no-amp", default=None,
+              help="Mixed precision: bf16 (or fp16 + GradScaler) on CUDA, bf16 on CPUs that have it [default: off; "
+                   "with --resume the checkpoint's].")
 @click.option("--device", type=DEVICES, default="auto", help="Where to train.")
-@click.option("--workers", type=int, default=None, help="DataLoader workers [default: CPU count].")
+@click.option("--workers", type=WORKERS, default=None, help="DataLoader workers [default: CPU count].")
 @click.option("--cache", type=click.Choice(["auto", "device", "ram", "none"]), default="auto",
               help="Keep the split resident on the device or in RAM, or stream from shards.")
 @click.option("--augment/--no-augment", default=None, help="Flip + small crop on the device [default: recipe's].")
-@click.option("--balance", is_flag=True, help="Class-balanced sampling for the long tail.")
+@click.option("--balance", is_flag=True, default=None, help="Class-balanced sampling for the long tail.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option("--sync-bn", is_flag=True, help="Under torchrun on CUDA: BatchNorm statistics over all GPUs.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder [default: runs/MODEL-RECIPE].")
-@click.option("--resume", type=click.Path(path_type=Path), default=None, help="Continue a run from its last.pt.")
-def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment, balance,
-          compile_, sync_bn, out, resume) -> None:
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run folder [default: runs/MODEL-RECIPE; with --resume the checkpoint's folder].")
+@click.option("--resume", type=click.Path(path_type=Path), default=None,
+              help="Continue a run exactly from its last.pt or interrupted.pt (model and recipe come from it).")
+@click.pass_context
+def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment,
+          balance, compile_, sync_bn, out, resume) -> None:
     """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
 
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
@@ -185,39 +229,51 @@ def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device,
     """
     from dataclasses import replace
 
-    from pipeline.checkpoint import CheckpointError
+    from pipeline.checkpoint import load_checkpoint
     from pipeline.config import LoaderConfig, ModelConfig, RunConfig
     from pipeline.env import cpu_count
-    from pipeline.shard_format import ShardError
-    from pipeline.train import TrainingError, TrainPlan
+    from pipeline.train import TrainPlan, resume_plan
     from pipeline.train import recipe as make_recipe
     from pipeline.train import train as run
 
-    try:
+    workers = cpu_count() if workers is None else workers
+    if resume is not None:
+        given = [p.opts[0] for p in ctx.command.params if p.name in RECIPE_OPTIONS
+                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            raise UserError(f"--resume continues {resume} with its own model and recipe; drop {', '.join(given)}")
+        ckpt = load_checkpoint(resume, for_resume=True)
+        if ctx.get_parameter_source("shards") != click.core.ParameterSource.COMMANDLINE and ckpt.get("shards"):
+            shards = Path(ckpt["shards"])  # the set it trained on (checked against it all the same)
+        plan = resume_plan(ckpt, epochs=epochs, device=device, amp=amp, compile=compile_, sync_bn=sync_bn,
+                           out=str(out or resume.parent), workers=workers, cache=cache)
+    else:
         optim, loader_kw = make_recipe(recipe, model_name)
         if epochs is not None:
             optim = replace(optim, epochs=epochs)
         if lr is not None:
             optim = replace(optim, lr=lr)
-        recipe_seed = loader_kw.pop("seed", 42)
-        seed = recipe_seed if seed is None else seed
-        loader = LoaderConfig(**{**loader_kw, "seed": seed, "workers": cpu_count() if workers is None else workers,
-                                 "cache": cache, "balance": balance,
-                                 **({"batch_size": batch_size} if batch_size else {}),
+        seed = loader_kw.pop("seed", 42) if seed is None else seed
+        loader = LoaderConfig(**{**loader_kw, "seed": seed, "workers": workers, "cache": cache,
+                                 "balance": bool(balance), **({"batch_size": batch_size} if batch_size else {}),
                                  **({"augment": augment} if augment is not None else {})})
         out = out or Path("runs") / f"{model_name}-{recipe}"
         plan = TrainPlan(ModelConfig(name=model_name), optim, loader,
-                         RunConfig(seed=seed, device=device, amp=amp, compile=compile_, sync_bn=sync_bn,
+                         RunConfig(seed=seed, device=device, amp=bool(amp), compile=compile_, sync_bn=sync_bn,
                                    out=str(out), recipe=recipe))
+    try:
         summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
-    except (CheckpointError, TrainingError, ShardError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
     except KeyboardInterrupt:
         sys.exit(130)
     best = summary["best"]
-    if best and summary["rank"] == 0:
+    if summary["rank"] != 0:
+        return
+    if best:
         click.echo(f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, macro-F1 {best['val_f1']:.3f} "
                    f"({summary['device']}, {summary['amp']}); checkpoints, metrics.csv, curves.png in {summary['out']}")
+    elif not summary["has_val"]:
+        click.echo(f"no validation split in {shards} (preprocessed with --val-frac 0): no val metrics and no "
+                   f"best.pt; the model is {summary['out']}/last.pt")
 
 
 @main.command()
@@ -232,19 +288,15 @@ def train(shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device,
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
 def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> None:
     """Accuracy, macro-F1, per-class precision/recall/F1 and a confusion matrix."""
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.discover import DatasetError
     from pipeline.evaluate import Classifier, evaluate_dir, evaluate_shards
-    from pipeline.shard_format import ShardError
-    from pipeline.train import TrainingError
 
     out = out or checkpoint.parent
-    try:
-        clf = Classifier.from_checkpoint(checkpoint, device)
-        rep = (evaluate_dir(clf, data_dir, out, progress=True) if data_dir
-               else evaluate_shards(clf, shards, split, out))
-    except (CheckpointError, TrainingError, ShardError, DatasetError) as exc:
-        _fail(str(exc))
+    clf = Classifier.from_checkpoint(checkpoint, device)
+    rep = (evaluate_dir(clf, data_dir, out, progress=True) if data_dir
+           else evaluate_shards(clf, shards, split, out))
+    if rep.get("stray_files"):
+        click.echo(f"{data_dir}: {len(rep['stray_files'])} file(s) outside the class folders, not scored: "
+                   f"{', '.join(rep['stray_files'][:5])}{' ...' if len(rep['stray_files']) > 5 else ''}", err=True)
     width = max(len(n) for n in rep["per_class"]) if rep["per_class"] else 10
     click.echo(f"{'class':<{width}}  precision  recall     f1  support")
     for name, r in rep["per_class"].items():
@@ -263,21 +315,16 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", type=int, default=3, help="Classes shown per image.")
+@click.option("--top-k", type=click.IntRange(1, 1000), default=3, help="Classes shown per image.")
 @click.option("--device", type=DEVICES, default="auto")
 def predict(checkpoint, paths, top_k, device) -> None:
     """Top-k classes with probabilities for image files or folders."""
-    from pipeline.checkpoint import CheckpointError
     from pipeline.evaluate import Classifier, predict_paths
-    from pipeline.train import TrainingError
 
-    try:
-        clf = Classifier.from_checkpoint(checkpoint, device)
-    except (CheckpointError, TrainingError) as exc:
-        _fail(str(exc))
+    clf = Classifier.from_checkpoint(checkpoint, device)
     results = predict_paths(clf, list(paths), top_k)
     if not results:
-        _fail("no image files found in the given paths")
+        raise UserError(f"no image files found in {', '.join(map(str, paths))}")
     for r in results:
         if "error" in r:
             click.echo(f"{r['path']}: ERROR {r['error']}")
@@ -290,32 +337,31 @@ def predict(checkpoint, paths, top_k, device) -> None:
 @main.command()
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Images to measure [default: the embedded look-alike set].")
-@click.option("--size", type=int, default=128, help="Square image side in pixels.")
+@click.option("--size", type=SIZE, default=128, help="Square image side in pixels, a multiple of 16.")
 @click.option("--model", "model_name", type=MODELS, default="bart",
               help="Network for the training-step stage.")
-@click.option("--workers", type=int, default=None, help="Workers for every parallel variant [default: CPU count].")
-@click.option("--batch-size", type=int, default=None, help="The project's batch size [default: 128, --quick 32].")
-@click.option("--limit", type=int, default=None, help="At most this many images [default: all, --quick 600].")
-@click.option("--steps", type=int, default=None, help="Timed training steps per variant [default: 5, --quick 2].")
+@click.option("--workers", type=click.IntRange(1, 512), default=None,
+              help="Workers for every parallel variant [default: CPU count].")
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+              help="The project's batch size [default: 128, --quick 32].")
+@click.option("--limit", type=click.IntRange(0), default=None, help="At most this many images [default: all, --quick 600].")
+@click.option("--steps", type=click.IntRange(1, 10_000), default=None,
+              help="Timed training steps per variant [default: 5, --quick 2].")
 @click.option("--quick", is_flag=True, help="Smoke run: under a minute on 2 cores.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write every figure, the options and the environment as JSON.")
 def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, json_path) -> None:
     """Throughput of every stage against the notebooks' way, side by side in one run."""
     from pipeline.bench import run_bench
-    from pipeline.config import BenchConfig
-    from pipeline.discover import DatasetError
+    from pipeline.config import BenchConfig, check_image_size
     from pipeline.env import cpu_count
 
-    try:
-        cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=size, model=model_name,
-                          workers=workers or cpu_count(), batch_size=batch_size or (32 if quick else 128),
-                          quick=quick, limit=limit if limit is not None else (600 if quick else 0),
-                          repeats=2 if quick else 5, min_seconds=0.05 if quick else 0.5,
-                          steps=steps or (2 if quick else 5))
-        r = run_bench(cfg, progress=lambda m: click.echo(m, err=True))
-    except (DatasetError, ValueError, OSError) as exc:
-        _fail(str(exc))
+    cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=check_image_size(size), model=model_name,
+                      workers=workers or cpu_count(), batch_size=batch_size or (32 if quick else 128),
+                      quick=quick, limit=limit if limit is not None else (600 if quick else 0),
+                      repeats=2 if quick else 5, min_seconds=0.05 if quick else 0.5,
+                      steps=steps or (2 if quick else 5))
+    r = run_bench(cfg, progress=lambda m: click.echo(m, err=True))
     env = r["environment"]
     click.echo(f"bench: {cfg.data_dir} at {size}px, {cfg.workers} workers, batch {cfg.batch_size}, device {r['device']}")
     click.echo(f"       {env['cpu_model']} x {env['cpu_count']}, PIL {env['pil_version']} "

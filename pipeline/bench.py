@@ -182,7 +182,7 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
 
     from .config import LoaderConfig
     from .loader import create_loader
-    from .shard_format import open_split
+    from .shard_format import open_set
 
     # glibc's malloc serves the notebooks' loader's 196 KB float32 samples and
     # 6 MB batches (at 128 px) from reused heap or from fresh pages, depending
@@ -195,7 +195,7 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
     warm = np.ones(16 << 20, dtype=np.uint8)
     del warm
 
-    split = open_split(shards, "train")
+    split = open_set(shards).split("train")  # the set check every command runs first
     images = split.load_all()
     n = len(images)
 
@@ -292,10 +292,10 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
     from model import create_model
     from .config import LoaderConfig
     from .loader import DeviceTransform, create_loader
-    from .shard_format import open_split
+    from .shard_format import open_set
     from .train import Precision
 
-    split = open_split(shards, "train")
+    split = open_set(shards).split("train")
     tf = DeviceTransform(split.mean, split.std, device, channels_last=True)
     # One loader for both variants: with cache=auto it holds the split in RAM.
     loader = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="auto"),

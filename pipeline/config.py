@@ -8,11 +8,35 @@ traced back to the exact options that made it (nanoGPT's ``GPTConfig``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from .errors import ConfigError
+
 FIT_POLICIES = ("squash", "pad", "crop")
 CACHE_MODES = ("auto", "device", "ram", "none")
+
+# One image-size rule for preprocess, train, evaluate and predict: both
+# reference networks halve the side four times (BART) and compute their
+# flatten size from it, so the side is a multiple of 16.
+SIZE_MIN, SIZE_MAX, SIZE_STEP = 16, 1024, 16
+
+
+def check_image_size(size: int) -> int:
+    """``size`` if it is a square side every stage accepts, else ConfigError."""
+    if not isinstance(size, int) or not SIZE_MIN <= size <= SIZE_MAX or size % SIZE_STEP:
+        raise ConfigError(f"size must be a multiple of {SIZE_STEP} in {SIZE_MIN}..{SIZE_MAX} pixels "
+                          f"(64 and 128 are the notebooks'), got {size}")
+    return size
+
+
+def check_range(name: str, value: float, lo: float, hi: float, lo_open: bool = False) -> None:
+    """ConfigError unless ``value`` is finite and in [lo, hi] ((lo, hi] with ``lo_open``)."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value) and value <= hi and (
+        value > lo if lo_open else value >= lo)
+    if not ok:
+        raise ConfigError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
 
 
 @dataclass(frozen=True)
@@ -60,16 +84,14 @@ class PreprocessConfig:
     compression: Optional[str] = None
 
     def __post_init__(self) -> None:
-        if self.size < 8 or self.size > 1024:
-            raise ValueError(f"size must be 8..1024 pixels, got {self.size}")
+        check_image_size(self.size)
         if self.fit not in FIT_POLICIES:
-            raise ValueError(f"fit must be one of {FIT_POLICIES}, got {self.fit!r}")
-        if not 0.0 <= self.val_frac < 1.0:
-            raise ValueError(f"val_frac must be in [0, 1), got {self.val_frac}")
-        if self.shard_mb <= 0:
-            raise ValueError(f"shard_mb must be > 0, got {self.shard_mb}")
+            raise ConfigError(f"fit must be one of {FIT_POLICIES}, got {self.fit!r}")
+        check_range("val_frac", self.val_frac, 0.0, 0.9)
+        check_range("shard_mb", self.shard_mb, 0.0, 4096.0, lo_open=True)
+        check_range("min_side", self.min_side, 1, 4096)
         if self.compression not in (None, "gzip", "lzf"):
-            raise ValueError(f"compression must be None, 'gzip' or 'lzf', got {self.compression!r}")
+            raise ConfigError(f"compression must be None, 'gzip' or 'lzf', got {self.compression!r}")
 
 
 @dataclass(frozen=True)
@@ -96,12 +118,11 @@ class LoaderConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        check_range("batch_size", self.batch_size, 1, 65536)
+        check_range("workers", self.workers, 0, 512)
+        check_range("prefetch_factor", self.prefetch_factor, 1, 64)
         if self.cache not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+            raise ConfigError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,16 @@ class OptimConfig:
     schedule: str = "onecycle"
     label_smoothing: float = 0.1
     epochs: int = 12
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.schedule not in ("constant", "onecycle"):
+            raise ConfigError(f"schedule must be constant or onecycle, got {self.schedule!r}")
+        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        check_range("epochs", self.epochs, 1, 100_000)
 
 
 @dataclass(frozen=True)

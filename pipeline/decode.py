@@ -16,6 +16,8 @@ level on average (``tests/test_decode.py`` holds it under 3).
 from __future__ import annotations
 
 import io
+import os
+import re
 import warnings
 
 import numpy as np
@@ -24,8 +26,16 @@ from PIL import Image
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased in Pillow (support grows when shrinking)
 
 
+_ADDRESS = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+
+
 class DecodeError(Exception):
     """A file that is not a usable image; the message is the skip reason."""
+
+
+def _reason(prefix: str, exc: BaseException) -> str:
+    """A skip reason that is the same in every run: no ``<... at 0x7f..>`` addresses."""
+    return prefix + ": " + _ADDRESS.sub(r"<\1>", str(exc))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -80,8 +90,12 @@ def decode_image(im: Image.Image, size: int, fit: str = "squash", min_side: int 
             warnings.simplefilter("ignore")  # palette/EXIF chatter is not an error
             im.load()
             out = _fit(to_rgb(im), size, fit)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        raise DecodeError(f"cannot decode: {exc}") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DecodeError(_reason("cannot decode", exc)) from exc
+    except MemoryError:
+        raise DecodeError(f"too large to decode ({w}x{h})") from None
+    except Exception as exc:  # a decoder bug on a hostile file is still one bad file
+        raise DecodeError(_reason(f"cannot decode: {type(exc).__name__}", exc)) from exc
     return np.asarray(out, dtype=np.uint8)
 
 
@@ -95,13 +109,35 @@ def decode_bytes(data: bytes, size: int, fit: str = "squash", min_side: int = 1,
     if not data:
         raise DecodeError("empty file (0 bytes)")
     try:
-        im = Image.open(io.BytesIO(data))
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DecodeError(f"not an image: {exc}") from exc
+        # PIL refuses images over 2 x MAX_IMAGE_PIXELS (179 MP by default);
+        # between 1x and 2x it only warns, and a 90 MP image still costs 270 MB
+        # to decode, so the warning is a refusal here too (one bomb guard for
+        # preprocess, evaluate and predict).
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(_reason("decompression bomb", exc)) from None
+    except Image.UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DecodeError(_reason("not an image", exc)) from exc
+    except Exception as exc:  # a parser bug on a hostile file is still one bad file
+        raise DecodeError(_reason(f"not an image: {type(exc).__name__}", exc)) from exc
     return decode_image(im, size, fit, min_side, draft)
 
 
 def decode_file(path, size: int, fit: str = "squash", min_side: int = 1, draft: bool = True) -> np.ndarray:
-    """:func:`decode_bytes` on a file's contents."""
-    with open(path, "rb") as fh:
-        return decode_bytes(fh.read(), size, fit, min_side, draft)
+    """:func:`decode_bytes` on a file's contents; an unreadable file is a DecodeError too.
+
+    Raises:
+        DecodeError: the reason, e.g. ``broken symbolic link`` or ``too small (1x1 < 16 px)``.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise DecodeError("broken symbolic link") from None
+        raise DecodeError(f"unreadable: {exc.strerror or exc}") from None
+    return decode_bytes(data, size, fit, min_side, draft)

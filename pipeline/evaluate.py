@@ -18,11 +18,12 @@ from sklearn.metrics import classification_report, confusion_matrix
 from tqdm import tqdm
 
 from model import create_model
+from .checkpoint import CheckpointError, load_checkpoint, load_weights
+from .config import check_image_size
 from .decode import DecodeError, decode_file
-from .discover import IMAGE_EXTENSIONS, DatasetError, discover
+from .discover import IMAGE_EXTENSIONS, DatasetError, discover, printable
 from .loader import DeviceTransform
-from .shard_format import open_split
-from .checkpoint import load_checkpoint
+from .shard_format import open_set
 from .train import accuracy_f1, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -38,19 +39,30 @@ class Classifier:
     image_size: int
     fit: str
     device: torch.device
+    min_side: int = 16
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "auto") -> "Classifier":
-        """Load with ``weights_only=True`` and rebuild the network from its saved config."""
-        ckpt = load_checkpoint(Path(path))
+        """Load with ``weights_only=True``, check it, and rebuild the network from its saved config.
+
+        Raises:
+            CheckpointError: missing, foreign, truncated, or weights that do not fit.
+        """
+        path = Path(path)
+        ckpt = load_checkpoint(path)
         dev = resolve_device(device)
         mcfg = ckpt["config"]["model"]
-        model = create_model(mcfg["name"], num_classes=mcfg["num_classes"], image_size=mcfg["image_size"])
-        model.load_state_dict(ckpt["model"])
+        try:
+            check_image_size(mcfg["image_size"])
+            model = create_model(mcfg["name"], num_classes=mcfg["num_classes"], image_size=mcfg["image_size"])
+        except ValueError as exc:
+            raise CheckpointError(f"not a checkpoint of this tool: {path} ({exc})") from None
+        load_weights(model, ckpt, path)
         model.to(dev, memory_format=torch.channels_last).eval()
-        fit = ckpt.get("preprocess", {}).get("fit", "squash")
+        pre = ckpt.get("preprocess") or {}
+        # the decode preprocess used, so inference sees what training saw (and skips what it skipped)
         return cls(model, list(ckpt["class_names"]), DeviceTransform(ckpt["mean"], ckpt["std"], dev, True),
-                   int(mcfg["image_size"]), fit, dev)
+                   int(mcfg["image_size"]), pre.get("fit", "squash"), dev, int(pre.get("min_side", 16)))
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, C) for uint8 (N, H, W, 3) images."""
@@ -66,13 +78,19 @@ class Classifier:
         return [self.class_names[i] for i in self.predict_proba(images).argmax(1)]
 
     def load_image(self, path: Path) -> np.ndarray:
-        """Decode one file exactly as preprocess did. Raises DecodeError/OSError."""
-        return decode_file(path, self.image_size, self.fit)
+        """Decode one file exactly as preprocess did (same size, fit, minimum side, bomb guard).
+
+        Raises:
+            DecodeError: the reason preprocess would have skipped it for.
+        """
+        return decode_file(path, self.image_size, self.fit, self.min_side)
 
 
 def _report(clf: Classifier, y_true: np.ndarray, probs: np.ndarray, out_dir: Path, extra: dict) -> dict:
     from .plots import plot_confusion
 
+    if not len(y_true):
+        raise DatasetError(f"{extra['source']}: no images to evaluate")
     y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
     labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
     names = [clf.class_names[i] for i in labels]
@@ -88,11 +106,21 @@ def _report(clf: Classifier, y_true: np.ndarray, probs: np.ndarray, out_dir: Pat
 
 
 def evaluate_shards(clf: Classifier, shards: Path, split: str, out_dir: Path) -> dict:
-    """Metrics of ``clf`` on one split of a shard set."""
-    ss = open_split(shards, split)
-    if ss.class_names != clf.class_names or ss.image_size != clf.image_size:
-        raise DatasetError(f"{shards}: {ss.image_size} px / {len(ss.class_names)} classes, the model was "
-                           f"trained on {clf.image_size} px / {len(clf.class_names)} classes")
+    """Metrics of ``clf`` on one split of a shard set (checked first).
+
+    Raises:
+        ShardError: a missing, stale or corrupt set.
+        DatasetError: the split is empty, or its classes/size differ from the model's.
+    """
+    sset = open_set(shards)
+    if sset.class_names != clf.class_names or sset.image_size != clf.image_size:
+        raise DatasetError(f"{shards}: {sset.image_size} px / {len(sset.class_names)} classes, the model was "
+                           f"trained on {clf.image_size} px / {len(clf.class_names)} classes; pass the --shards "
+                           f"it was trained on")
+    if not sset.counts[split]:
+        raise DatasetError(f"{shards}: the {split} split is empty (preprocessed with --val-frac 0?); "
+                           f"evaluate --split train, or preprocess with --val-frac 0.15 --force")
+    ss = sset.split(split)
     return _report(clf, ss.labels, clf.predict_proba(ss.load_all()), out_dir, {"source": f"{shards} ({split})"})
 
 
@@ -103,17 +131,37 @@ def _flat_class(name: str) -> str:
     return head if head and tail.isdigit() else stem
 
 
-def evaluate_dir(clf: Classifier, data_dir: Path, out_dir: Path, progress: bool = False) -> dict:
-    """Metrics on raw images: class folders, or a flat folder named ``<class>_<n>.jpg``."""
+def dir_layout(data_dir: Path) -> tuple[str, list[tuple[Path, str]], list[str]]:
+    """("folders" | "flat", [(image path, class name)], stray files) of an image folder.
+
+    Class folders win: a folder with class sub-folders is read as such, and
+    image files lying at its top level are reported as stray, never scored.
+    Only a folder with no class sub-folder is the public test set's flat
+    layout (``homer_simpson_12.jpg``).
+    """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DatasetError(f"{data_dir}: no such folder")
-    flat = [p for p in sorted(data_dir.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    if flat:
-        items = [(p, _flat_class(p.name)) for p in flat]
-    else:
+        raise DatasetError(f"{data_dir}: no such folder; pass --data-dir with class folders or <class>_<n>.jpg files")
+    try:
         disc = discover(data_dir)
-        items = [(data_dir / rel, disc.classes[label]) for rel, label in disc.files]
+    except DatasetError:
+        disc = None
+    if disc is not None:
+        stray = [rel for rel, why in disc.skipped if why == "file outside any class folder"]
+        return "folders", [(data_dir / rel, disc.classes[label]) for rel, label in disc.files], stray
+    flat = [p for p in sorted(data_dir.iterdir(), key=lambda p: p.name)
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and not p.is_dir()]
+    return "flat", [(p, _flat_class(printable(p.name))) for p in flat], []
+
+
+def evaluate_dir(clf: Classifier, data_dir: Path, out_dir: Path, progress: bool = False) -> dict:
+    """Metrics on raw images: class folders, or a flat folder named ``<class>_<n>.jpg``.
+
+    Raises:
+        DatasetError: no such folder, or no image of a class the model knows decoded.
+    """
+    data_dir = Path(data_dir)
+    layout, items, stray = dir_layout(data_dir)
     known = {n: i for i, n in enumerate(clf.class_names)}
     unknown = sorted({c for _, c in items if c not in known})
     images, labels, failed = [], [], []
@@ -123,22 +171,27 @@ def evaluate_dir(clf: Classifier, data_dir: Path, out_dir: Path, progress: bool 
         try:
             images.append(clf.load_image(path))
             labels.append(known[cname])
-        except (DecodeError, OSError) as exc:
-            failed.append({"path": str(path), "reason": str(exc)})
+        except DecodeError as exc:
+            failed.append({"path": printable(str(path)), "reason": str(exc)})
     if not images:
-        raise DatasetError(f"{data_dir}: no image of a known class decoded")
+        raise DatasetError(f"{data_dir}: no image of a class the model knows decoded ({len(items)} found, "
+                           f"{len(failed)} unreadable)")
     return _report(clf, np.array(labels), clf.predict_proba(np.stack(images)), out_dir,
-                   {"source": str(data_dir), "unknown_classes": unknown,
+                   {"source": str(data_dir), "layout": layout, "stray_files": stray, "unknown_classes": unknown,
                     "left_out": sum(1 for _, c in items if c not in known), "failed": failed})
 
 
 def expand_paths(paths: list[Path]) -> list[Path]:
-    """Files as given; folders as their image files, recursively, sorted."""
+    """Files as given; folders as their image files, recursively, sorted.
+
+    A broken symbolic link with an image name is kept, so its line says so
+    instead of it vanishing from the output.
+    """
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
-                          and not q.name.startswith("."))
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS
+                          and not q.name.startswith(".") and (q.is_file() or q.is_symlink()))
         else:
             out.append(p)
     return out
@@ -152,9 +205,8 @@ def predict_paths(clf: Classifier, paths: list[Path], top_k: int = 3) -> list[di
             images.append(clf.load_image(p))
             slots.append(len(results))
             results.append({"path": str(p)})
-        except (DecodeError, OSError) as exc:
-            results.append({"path": str(p), "error": str(exc) if isinstance(exc, DecodeError)
-                            else f"cannot read: {exc.strerror or exc}"})
+        except DecodeError as exc:
+            results.append({"path": printable(str(p)), "error": str(exc)})
     if images:
         probs = clf.predict_proba(np.stack(images))
         k = min(top_k, probs.shape[1])

@@ -91,9 +91,11 @@ class EpochBatchSampler(Sampler):
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.balance = shuffle, balance
         self.epoch = 0
+        self.start_batch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Read ``epoch`` from batch ``start_batch`` on (a mid-epoch resume skips the batches done)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def indices(self, epoch: Optional[int] = None) -> np.ndarray:
         """This rank's samples for ``epoch`` (default: the current one), in order."""
@@ -105,10 +107,10 @@ class EpochBatchSampler(Sampler):
         return mine
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return itertools.islice(self.stream(self.epoch), len(self))
+        return itertools.islice(self.stream(self.epoch, self.start_batch), len(self) - self.start_batch)
 
-    def stream(self, start_epoch: int) -> Iterator[np.ndarray]:
-        """Batches of epoch ``start_epoch``, then of the next epochs, endlessly.
+    def stream(self, start_epoch: int, skip: int = 0) -> Iterator[np.ndarray]:
+        """Batches of epoch ``start_epoch`` from batch ``skip`` on, then of the next epochs, endlessly.
 
         One DataLoader iteration over this stream serves every epoch, so the
         workers never drain and refill at an epoch boundary.
@@ -116,9 +118,9 @@ class EpochBatchSampler(Sampler):
         epoch = start_epoch
         while True:
             idx = self.indices(epoch)
-            for start in range(0, len(idx), self.batch_size):
+            for start in range(skip * self.batch_size, len(idx), self.batch_size):
                 yield idx[start: start + self.batch_size]
-            epoch += 1
+            epoch, skip = epoch + 1, 0
 
     def __len__(self) -> int:
         n = int(self.offsets[-1])
@@ -130,10 +132,10 @@ class _Stream:
     """The DataLoader's sampler: the batch stream from ``start`` on."""
 
     def __init__(self, sampler: EpochBatchSampler) -> None:
-        self.sampler, self.start = sampler, 0
+        self.sampler, self.start, self.skip = sampler, 0, 0
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return self.sampler.stream(self.start)
+        return self.sampler.stream(self.start, self.skip)
 
 
 class ShardBatchDataset(Dataset):
@@ -315,8 +317,9 @@ class BatchLoader:
                 multiprocessing_context="fork" if workers > 0 else None,
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The next iteration reads ``epoch``, from batch ``start_batch`` on."""
+        self.sampler.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -324,12 +327,12 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         nb = self.device.type == "cuda"
         if self._loader is not None:
-            epoch = self.sampler.epoch
-            if self._it is None or self._next_epoch != epoch:  # first epoch, or not the next one
-                self._stream.start = epoch
+            epoch, skip = self.sampler.epoch, self.sampler.start_batch
+            if self._it is None or self._next_epoch != epoch or skip:  # first epoch, not the next one, or a resume
+                self._stream.start, self._stream.skip = epoch, skip
                 self._it = iter(self._loader)
             self._next_epoch = None  # until this epoch is read to its end
-            for _ in range(len(self.sampler)):
+            for _ in range(len(self.sampler) - skip):
                 x, y = next(self._it)
                 if isinstance(x, tuple):  # a slot of the shared ring: read in place
                     w, k, n = x

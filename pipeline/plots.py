@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import atomic_write
+
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
 
 
@@ -49,11 +51,11 @@ def plot_curves(history: list[dict], path: Path) -> None:
     img = Image.new("RGB", (1200, 500), "white")
     draw = ImageDraw.Draw(img)
     font = _font(15)
-    col = lambda k: [float(h[k]) for h in history]
+    col = lambda k: [float("nan") if h[k] is None else float(h[k]) for h in history]  # None: no val split
     _panel(draw, (80, 50, 560, 440), {"train loss": col("train_loss"), "val loss": col("val_loss")}, "loss", font)
     _panel(draw, (700, 50, 1180, 440), {"train acc": col("train_acc"), "val acc": col("val_acc"),
                                         "val macro-F1": col("val_f1")}, "accuracy", font)
-    img.save(path)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
@@ -80,4 +82,4 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
         ld.text((4, j * cell + 1), names[j], fill=(0, 0, 0), font=font)
     img.paste(label.rotate(90, expand=True), (margin, 0))
     draw.text((margin, side + 5), "rows: true class, columns: predicted (row-normalised)", fill=(0, 0, 0), font=_font(14))
-    img.save(path)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))

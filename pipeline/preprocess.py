@@ -11,20 +11,33 @@ Flow (memory stays bounded by one shard buffer, whatever the dataset size):
    leak between train and val; the split and the class-interleaved shard
    plan are pure functions of (labels, seed). The pool then takes the
    training split's mean/std from the staging file (:func:`mean_std`).
-4. Shards are gathered from the staging file with ``pread``, written under
-   temporary names and renamed; ``manifest.json`` comes last. An old
-   manifest is removed first, so an interrupted run never leaves a set that
-   looks complete.
+4. Shards are gathered from the staging file with ``pread`` and written
+   into a build folder (``out/.simpsons-shards-build/``); only when all are
+   written does the commit move them into ``out`` and write
+   ``manifest.json`` last. Until the commit the previous set is untouched,
+   manifest included, so a crash, Ctrl-C or a full disk never costs it.
+
+Ownership: preprocess deletes or replaces only files it wrote, those its
+manifest (or, after a crash inside a commit, its journal) lists. A folder
+holding other files named like shards is refused. One preprocess at a time
+writes into a folder (an OS lock); leftovers of a killed run (build folder,
+staging file) are removed by the next run.
+
 A second run with the same inputs and options finds the manifest's
-fingerprint and options equal and does nothing.
+fingerprint and options equal and the set intact (sizes and checksums,
+:func:`shard_format.check_set`), and does nothing; a set that fails the
+check is rebuilt, and the reason is returned.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
@@ -36,6 +49,7 @@ from . import shard_format as sf
 from .config import PreprocessConfig, to_dict
 from .decode import DecodeError, decode_bytes
 from .discover import DatasetError, Discovery, discover
+from .errors import FolderLock, UserError, disk_errors
 from .env import cpu_count, environment
 from .split import shard_plan, stratified_split
 
@@ -69,15 +83,15 @@ def _decode_task(task: tuple[int, list[str]]) -> tuple[int, list[tuple[str, Opti
             buf[j] = decode_bytes(data, cfg.size, cfg.fit, cfg.min_side)
         except OSError as exc:
             reason = f"unreadable: {exc.strerror}"
-        except DecodeError as exc:
+        except DecodeError as exc:  # every decoder failure, bugs on hostile files included
             reason = str(exc)
-        except Exception as exc:  # a decoder bug on a hostile file is still one bad file
+        except Exception as exc:  # belt and braces: still one bad file, not a failed run
             reason = f"cannot decode: {type(exc).__name__}: {exc}"
         if reason:
             buf[j] = 0
         out.append((digest, reason))
     if os.pwrite(_worker["fd"], buf, start * buf[0].nbytes) != buf.nbytes:  # buffer protocol: no copy
-        raise OSError("short write to the staging file")
+        raise OSError(errno.ENOSPC, "short write to the staging file")  # a regular file: the disk is full
     return start, out
 
 
@@ -114,18 +128,78 @@ def mean_std(pool: _Pool, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, std
 
 
-def _up_to_date(out: Path, fingerprint: str, options: dict) -> Optional[dict]:
+BUILD = ".simpsons-shards-build"   # where a run writes before its commit
+JOURNAL = ".simpsons-shards-journal.json"  # the files a commit in progress owns
+
+
+def _owned(out: Path) -> tuple[Optional[dict], set[str]]:
+    """(the current manifest or None, names of the shard files this tool wrote in ``out``).
+
+    Raises:
+        UserError: ``out`` holds files named like shards that no manifest or
+            journal of this tool lists (a user's files: never touched).
+    """
     try:
         manifest = sf.read_manifest(out)
     except sf.ShardError:
-        return None
-    if manifest.get("fingerprint") != fingerprint or manifest.get("options") != options:
-        return None
-    for e in manifest["shards"]:
-        p = out / e["file"]
-        if not p.is_file() or p.stat().st_size != e["bytes"]:
-            return None
-    return manifest
+        manifest = None
+    owned = {e["file"] for e in manifest["shards"]} if manifest else set()
+    try:
+        owned |= {n for n in json.loads((out / JOURNAL).read_text(encoding="utf-8"))["files"]
+                  if sf.SHARD_NAME.match(n)}
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    foreign = sorted(p.name for p in out.glob("*.h5")
+                     if (p.name.startswith(("train-", "val-"))) and p.name not in owned)
+    if foreign:
+        raise UserError(f"{out}: holds {len(foreign)} file(s) named like shards that this tool did not write "
+                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them away "
+                        f"or pass an empty --out")
+    return manifest, owned
+
+
+def _clean_leftovers(out: Path) -> None:
+    """Remove what a killed run of this tool left: its build folder and temporary files."""
+    build = out / BUILD
+    if build.is_dir():
+        logger.info("removing %s left by an interrupted run", build)
+        shutil.rmtree(build, ignore_errors=True)
+    for tmp in [out / (sf.MANIFEST + ".tmp"), *out.glob(".staging-*.u8"), *out.glob("train-*.h5.tmp"),
+                *out.glob("val-*.h5.tmp")]:
+        tmp.unlink(missing_ok=True)
+
+
+def _stale_reason(out: Path, manifest: Optional[dict], fingerprint: str, options: dict) -> Optional[str]:
+    """Why the set in ``out`` must be (re)built, or None when it is up to date and intact."""
+    if manifest is None:
+        return "no complete set"
+    if manifest.get("fingerprint") != fingerprint:
+        return "the images changed"
+    if manifest.get("options") != options:
+        return "the options changed"
+    try:
+        sf.check_set(out, manifest)
+    except sf.ShardError as exc:
+        return str(exc).split(";")[0]
+    return None
+
+
+def _commit(out: Path, build: Path, manifest: dict, owned: set[str]) -> None:
+    """Move the built shards into ``out``, drop the old ones, write the manifest last.
+
+    The journal names every file involved before anything moves, so a crash
+    in these few renames leaves files the next run knows as its own.
+    """
+    new = [e["file"] for e in manifest["shards"]]
+    with disk_errors(out / JOURNAL):
+        (out / JOURNAL).write_text(json.dumps({"files": sorted(set(new) | owned)}), encoding="utf-8")
+    (out / sf.MANIFEST).unlink(missing_ok=True)
+    for name in new:
+        os.replace(build / name, out / name)
+    for name in sorted(owned - set(new)):
+        (out / name).unlink(missing_ok=True)
+    sf.write_manifest(out, manifest)
+    (out / JOURNAL).unlink(missing_ok=True)
 
 
 class _Pool:
@@ -210,11 +284,14 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
         progress: tqdm bars on stderr.
 
     Returns:
-        The manifest (with ``up_to_date: True`` when nothing was done).
+        The manifest, with ``up_to_date: True`` when nothing was done, and
+        ``rebuilt_because`` saying why a set that was there was rebuilt.
 
     Raises:
         DatasetError: missing folder or no images.
-        PermissionError / OSError: the output folder is not writable.
+        UserError: ``out`` is not writable, holds foreign shard-like files,
+            or another preprocess is writing there.
+        DiskFullError: no space left on device (the previous set is kept).
     """
     t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
@@ -227,39 +304,54 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise PermissionError(f"{out}: cannot write shards there ({exc.strerror}); pass --out with a writable folder") from exc
-    if not force:
-        manifest = _up_to_date(out, fingerprint, options)
-        if manifest is not None:
-            return {**manifest, "up_to_date": True}
-    (out / sf.MANIFEST).unlink(missing_ok=True)  # from here on the old set is not complete
+        raise UserError(f"{out}: cannot write shards there ({exc.strerror}); pass --out with a writable "
+                        f"folder") from None
+    with FolderLock(out, "preprocess"):
+        _clean_leftovers(out)
+        old, owned = _owned(out)
+        reason = "--force" if force else _stale_reason(out, old, fingerprint, options)
+        if reason is None:
+            return {**old, "up_to_date": True}
+        if old is not None:
+            logger.warning("%s: rebuilding the shard set (%s)", out, reason)
+        build = out / BUILD
+        build.mkdir()
+        try:
+            manifest = _build(disc, cfg, build, workers, progress, t0)
+            manifest.update(fingerprint=fingerprint, options=options, source=str(data_dir.resolve()))
+            _commit(out, build, manifest, owned)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    logger.info("preprocess: %d files -> %s in %.1f s", len(disc.files), out, manifest["timings"]["total_s"])
+    return {**manifest, "up_to_date": False, "rebuilt_because": reason if old is not None else None}
 
+
+def _build(disc: Discovery, cfg: PreprocessConfig, build: Path, workers: Optional[int], progress: bool,
+           t0: float) -> dict:
+    """Decode, split and write every shard into ``build``: the manifest to commit."""
     workers = max(1, workers or cpu_count())
-    staging = out / f".staging-{os.getpid()}.u8"
+    staging = build / "staging.u8"
     timings = {"discover_s": time.perf_counter() - t0}
-    with open(staging, "wb") as fh:
+    with disk_errors(staging), open(staging, "wb") as fh:
         fh.truncate(len(disc.files) * cfg.size * cfg.size * 3)  # sparse until written; never in RAM
     pool = None
     try:
         pool = _Pool(workers, (cfg, str(staging), str(disc.root)))
         t1 = time.perf_counter()
-        hashes, reasons = _decode_all(disc, pool, progress)
+        with disk_errors(staging):
+            hashes, reasons = _decode_all(disc, pool, progress)
         timings["decode_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        manifest = _write_set(disc, cfg, out, pool, hashes, reasons, progress)
+        manifest = _write_set(disc, cfg, build, pool, hashes, reasons, progress)
     finally:
         if pool is not None:
             pool.close()
         staging.unlink(missing_ok=True)
     timings["write_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
-    n = len(disc.files)
-    timings["images_per_s"] = n / timings["total_s"]
-    manifest.update(fingerprint=fingerprint, options=options, timings=timings, workers=workers,
-                    environment=environment(with_torch=False), source=str(data_dir.resolve()))
-    sf.write_manifest(out, manifest)
-    logger.info("preprocess: %d files -> %s in %.1f s", n, out, timings["total_s"])
-    return {**manifest, "up_to_date": False}
+    timings["images_per_s"] = len(disc.files) / timings["total_s"]
+    manifest.update(timings=timings, workers=workers, environment=environment(with_torch=False))
+    return manifest
 
 
 def _write_set(disc: Discovery, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons,
@@ -304,10 +396,6 @@ def _write_set(disc: Discovery, cfg: PreprocessConfig, out: Path, pool: _Pool, h
     written = tqdm(pool.imap(_write_task, tasks), total=len(tasks), desc="write shards", unit="shard",
                    disable=not progress)
     entries = [{**m, "sha256": digest, "bytes": nbytes} for m, (digest, nbytes) in zip(meta, written)]
-    wanted = {e["file"] for e in entries}
-    for stale in list(out.glob("train-*.h5")) + list(out.glob("val-*.h5")):
-        if stale.name not in wanted:
-            stale.unlink()
     if singles:
         logger.warning("classes with one image (train only): %s", [disc.classes[c] for c in singles])
     return {

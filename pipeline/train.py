@@ -14,10 +14,14 @@ epoch k gives bit-identical metrics to one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,16 +35,17 @@ from tqdm import tqdm
 
 from model import NOTEBOOK_RECIPES, count_parameters, create_model
 from . import distributed as dd
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import LoaderConfig, ModelConfig, OptimConfig, RunConfig, to_dict
+from .checkpoint import CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from .config import LoaderConfig, ModelConfig, OptimConfig, RunConfig, check_image_size, from_dict, to_dict
 from .env import cpu_has_fast_bf16
+from .errors import FolderLock, UserError, write_text
 from .loader import DeviceTransform, create_loader
-from .shard_format import open_split, read_manifest
+from .shard_format import ShardSet, open_set
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingError(Exception):
+class TrainingError(UserError):
     """A run that cannot start or must stop (mismatch, divergence)."""
 
 
@@ -168,212 +173,367 @@ def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autoc
     return {"loss": float(loss_sum) / max(1, len(y_true)), "acc": acc, "f1": f1, "y_true": y_true, "y_pred": y_pred}
 
 
+def lr_at(o: OptimConfig, step: int, total: int) -> tuple[float, Optional[float]]:
+    """(learning rate, Adam beta1 or None) for optimizer step ``step`` (0-based) of ``total``.
+
+    ``onecycle`` is PyTorch's ``OneCycleLR`` (cosine, pct_start .25,
+    div_factor 20, final_div_factor 200, beta1 cycled .95 -> .85 -> .95),
+    the same float expressions, so it gives the same numbers; written as a
+    pure function of (step, total) because then the position in the run is
+    the whole schedule state: resume needs nothing else, a longer run
+    rebuilds it for the new total, and a tiny schedule (a 1-step warm-up)
+    or a step past the end cannot crash it.
+    """
+    if o.schedule == "constant":
+        return o.lr, None
+    total = max(1, total)
+    step = min(step, total)
+    initial = o.lr / 20.0
+    phases = ((float(0.25 * total) - 1, initial, o.lr, 0.95, 0.85),
+              (total - 1, o.lr, initial / 200.0, 0.85, 0.95))
+    start = 0.0
+    for i, (end, lr0, lr1, m0, m1) in enumerate(phases):
+        if step <= end or i == len(phases) - 1:
+            pct = (step - start) / (end - start) if end > start else 1.0
+            cos = math.cos(math.pi * pct) + 1
+            return lr1 + (lr0 - lr1) / 2.0 * cos, m1 + (m0 - m1) / 2.0 * cos
+        start = end
+    raise AssertionError("unreachable")
+
+
+# What a resumed run must share with its checkpoint (the rest, such as the
+# device, workers, cache, precision and output folder, may change).
+_SAME_ON_RESUME = {"model": ("name",), "optim": ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing"),
+                   "loader": ("batch_size", "augment", "balance", "seed"), "run": ("seed", "recipe")}
+
+
+def resume_plan(ckpt: dict, epochs: Optional[int] = None, **run: object) -> TrainPlan:
+    """The plan a checkpoint was trained with, ``epochs`` and runtime options (``run`` fields,
+    ``workers``, ``cache``) replaced: what ``--resume`` continues."""
+    c = ckpt["config"]
+    loader_kw = {k: run.pop(k) for k in ("workers", "cache") if run.get(k) is not None}
+    run = {k: v for k, v in run.items() if v is not None}
+    optim = from_dict(OptimConfig, c["optim"])
+    return TrainPlan(from_dict(ModelConfig, c["model"]),
+                     replace(optim, epochs=epochs) if epochs else optim,
+                     replace(from_dict(LoaderConfig, c["loader"]), **loader_kw),
+                     replace(from_dict(RunConfig, c["run"]), **run))
+
+
+def _check_resume(ckpt: dict, plan: TrainPlan, resume: Path, classes: list, size: int, world: int) -> None:
+    cfg = ckpt["config"]
+    if ckpt["class_names"] != classes or cfg["model"]["image_size"] != size:
+        raise TrainingError(f"{resume} was trained on {cfg['model']['image_size']} px with "
+                            f"{len(ckpt['class_names'])} classes; the shards differ: pass the shards it was "
+                            f"trained on with --shards")
+    for part, keys in _SAME_ON_RESUME.items():
+        mine = to_dict(getattr(plan, part))
+        for k in keys:
+            if k in cfg[part] and cfg[part][k] != mine[k]:
+                raise TrainingError(f"{resume} was trained with {part} {k}={cfg[part][k]!r}, not {mine[k]!r}; "
+                                    f"--resume continues the checkpoint's own recipe (drop that option)")
+    if len(ckpt["rng"]) != world:
+        raise TrainingError(f"{resume} was written by {len(ckpt['rng'])} processes; resume with the same "
+                            f"world size (got {world})")
+    done = ckpt["position"]["epoch"]
+    if plan.optim.epochs < done or (plan.optim.epochs == done and not ckpt["position"]["step"]):
+        raise TrainingError(f"{resume} has trained {done} of {cfg['optim']['epochs']} epochs already; pass "
+                            f"--epochs N with N > {done} to extend the run (the schedule is rebuilt for N)")
+
+
+class _StopRequest:
+    """Ctrl-C asks the loop to stop at the next step boundary, where the state
+    is whole (a KeyboardInterrupt inside ``optimizer.step`` could leave half
+    the weights updated); a second Ctrl-C interrupts at once. Under torchrun
+    (every rank gets the signal at a different step) and off the main thread
+    the default handler stays."""
+
+    def __init__(self, active: bool) -> None:
+        self.requested = False
+        self.active = active and threading.current_thread() is threading.main_thread()
+        self._old = None
+
+    def __enter__(self) -> "_StopRequest":
+        if self.active:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGINT, self._old)
+
+
+RUN_FILES = ("last.pt", "best.pt", "interrupted.pt", "metrics.csv", "config.json", "curves.png")
+
+
+def _check_out(out: Path, resume: Optional[Path]) -> None:
+    """A new run never overwrites another run's files; a resumed one continues in place."""
+    existing = [n for n in RUN_FILES if (out / n).exists()]
+    if existing and (resume is None or Path(resume).resolve().parent != out.resolve()):
+        raise TrainingError(f"{out} already holds a run ({', '.join(existing)}); continue it with --resume "
+                            f"{out / ('last.pt' if 'last.pt' in existing else existing[0])} or pass another --out")
+
+
 def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress: bool = False,
-          say: Callable[[str], None] = logger.info, stop_after: Optional[int] = None) -> dict:
+          say: Callable[[str], None] = logger.info, stop_after: Optional[int] = None,
+          on_step: Optional[Callable[[int, int], None]] = None) -> dict:
     """Train ``plan.model`` on the shard set in ``shards``.
 
     Args:
-        shards: a complete shard set (preprocess's output folder).
-        plan: model, optimiser, loader and run configs.
-        resume: a ``last.pt`` to continue from exactly.
+        shards: a complete shard set (preprocess's output folder); checked first.
+        plan: model, optimiser, loader and run configs. With ``resume``, use
+            :func:`resume_plan` (its recipe must be the checkpoint's; a
+            larger ``optim.epochs`` extends the run).
+        resume: a ``last.pt`` or ``interrupted.pt`` to continue from exactly.
         progress: tqdm bar per epoch on stderr.
         say: where one-line status messages go (the CLI passes ``click.echo``).
         stop_after: end after this many epochs of this call (tests of resume).
+        on_step: called as ``on_step(epoch, step)`` after every training step.
 
     Returns:
         The run summary: best epoch and metrics, history, output folder.
 
     Raises:
-        TrainingError: a shard/model mismatch, a bad checkpoint, or a NaN/inf loss.
-        ShardError: missing or incomplete shards.
+        TrainingError: a shard/model mismatch, a bad resume, or a NaN/inf loss.
+        ShardError: missing, incomplete or corrupt shards.
+        CheckpointError: a ``resume`` file that is not a checkpoint of this tool.
+        KeyboardInterrupt: after Ctrl-C, once ``interrupted.pt`` is written.
     """
-    manifest = read_manifest(shards)
-    train_split, val_split = open_split(shards, "train"), open_split(shards, "val")
-    size, classes = train_split.image_size, train_split.class_names
+    sset = open_set(shards)
+    train_split, val_split = sset.split("train"), sset.split("val")
+    size, classes = sset.image_size, sset.class_names
+    if len(train_split) == 0:
+        raise TrainingError(f"{shards}: the train split is empty; preprocess a folder with images")
     mcfg = replace(plan.model, num_classes=len(classes), image_size=size)
-    if size % 16:
-        raise TrainingError(f"the shards in {shards} are {size} px; {mcfg.name} needs a multiple of 16: "
-                            f"run `python cli.py preprocess --size 128 --force`")
+    check_image_size(size)
     plan = replace(plan, model=mcfg)
+    ckpt = load_checkpoint(resume, for_resume=True) if resume is not None else None
     ctx = dd.setup(resolve_device(plan.run.device))  # checks the device before joining any process group
     try:
-        return _run(shards, plan, manifest, train_split, val_split, ctx, resume, progress, say, stop_after)
+        if ckpt is not None:
+            _check_resume(ckpt, plan, resume, classes, size, ctx.world_size)
+        if ctx.is_main:
+            _check_out(Path(plan.run.out), resume)
+        trainer = Trainer(sset, train_split, val_split, plan, ctx, say if ctx.is_main else (lambda _m: None),
+                          progress and ctx.is_main)
+        with FolderLock(trainer.out, "train") if ctx.is_main else contextlib.nullcontext():
+            if ckpt is not None:
+                trainer.restore(ckpt, resume)
+            return trainer.run(stop_after, on_step)
     finally:
         dd.cleanup(ctx)
 
 
-def _run(shards, plan: TrainPlan, manifest, train_split, val_split, ctx: dd.DistContext, resume, progress,
-         say, stop_after) -> dict:
-    mcfg, device = plan.model, ctx.device
-    size, classes = mcfg.image_size, train_split.class_names
-    if not ctx.is_main:  # one voice, one set of files: rank 0's
-        say, progress = (lambda _msg: None), False
-    out = Path(plan.run.out)
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    ckpt = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        if ckpt["class_names"] != classes or ckpt["config"]["model"]["image_size"] != size:
-            raise TrainingError(f"{resume} was trained on {ckpt['config']['model']['image_size']} px with "
-                                f"{len(ckpt['class_names'])} classes; the shards in {shards} differ")
-        if len(ckpt["rng"]) != ctx.world_size:
-            raise TrainingError(f"{resume} was written by {len(ckpt['rng'])} processes; resume with the same "
-                                f"world size (got {ctx.world_size})")
-    torch.manual_seed(plan.run.seed)  # model init: identical on every rank
-    model = create_model(mcfg.name, num_classes=mcfg.num_classes, image_size=mcfg.image_size)
-    torch.manual_seed(plan.run.seed + 1_000_003 * ctx.rank)  # dropout: a stream per rank
-    say(f"model {mcfg.name}: {count_parameters(model):,} parameters, {size}x{size} px, {len(classes)} classes, "
-        f"{len(train_split)} train / {len(val_split)} val images"
-        + (f", {ctx.world_size} processes x batch {plan.loader.batch_size}" if ctx.distributed else ""))
-    if plan.run.sync_bn:
-        if device.type != "cuda":
-            raise TrainingError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    channels_last = True  # measured faster on CPU (1.3x) and CUDA
-    model = model.to(device, memory_format=torch.channels_last)
-    prec = Precision(device, plan.run.amp)
-    o = plan.optim
-    if o.optimizer == "adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=o.lr)
-    elif o.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-    else:
-        raise TrainingError(f"unknown optimizer {o.optimizer!r}")
-    rk = {"rank": ctx.rank, "world_size": ctx.world_size}
-    train_loader = create_loader(train_split, plan.loader, device=device, train=True, **rk)
-    val_loader = create_loader(val_split, replace(plan.loader, balance=False), device=device, train=False, **rk)
-    steps = len(train_loader)
-    if o.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=o.lr, total_steps=o.epochs * steps,
-                                                        pct_start=0.25, div_factor=20.0, final_div_factor=200.0)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    transform = DeviceTransform(train_split.mean, train_split.std, device, channels_last,
-                                seed=plan.loader.seed + 1_000_003 * ctx.rank)
-    model_fwd = model
-    if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
+class Trainer:
+    """One run's state: model, optimiser, precision, loaders, position, history.
 
-        model_fwd = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    model_fwd = torch.compile(model_fwd) if plan.run.compile else model_fwd
-    history: list[dict] = []
-    start, best_f1 = 0, -1.0
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        prec.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"][ctx.rank], transform)
-        start, best_f1, history = ckpt["epoch"] + 1, ckpt["best_f1"], list(ckpt["history"])
-        say(f"resumed from {resume} after epoch {start}")
-    if ctx.is_main:
-        (out / "config.json").write_text(json.dumps({**plan.to_dict(), "shards": str(shards),
-                                                     "world_size": ctx.world_size,
-                                                     "shards_fingerprint": manifest.get("fingerprint")},
-                                                    indent=2) + "\n")
+    Built by :func:`train`; :meth:`run` trains to ``plan.optim.epochs``,
+    writing ``last.pt`` after every epoch (``best.pt`` on a better val
+    macro-F1), ``metrics.csv`` and ``curves.png``, all atomically.
+    """
 
-    def payload(epoch: int, gather: bool = True) -> dict:
-        # every rank's RNG state, for an exact resume (a collective: all ranks call it)
-        rng = dd.gather_objects(ctx, rng_state(transform)) if gather else [rng_state(transform)]
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": prec.scaler.state_dict(), "epoch": epoch,
-                "best_f1": best_f1, "history": history, "rng": rng, "world_size": ctx.world_size,
-                "class_names": classes, "mean": train_split.mean.tolist(), "std": train_split.std.tolist(),
-                "config": plan.to_dict(), "preprocess": manifest["options"],
-                "format": "simpsons-shards-checkpoint-1"}
+    def __init__(self, sset: ShardSet, train_split, val_split, plan: TrainPlan, ctx: dd.DistContext,
+                 say: Callable[[str], None], progress: bool) -> None:
+        self.sset, self.plan, self.ctx, self.say, self.progress = sset, plan, ctx, say, progress
+        mcfg, device = plan.model, ctx.device
+        self.out = Path(plan.run.out)
+        if ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(plan.run.seed)  # model init: identical on every rank
+        model = create_model(mcfg.name, num_classes=mcfg.num_classes, image_size=mcfg.image_size)
+        torch.manual_seed(plan.run.seed + 1_000_003 * ctx.rank)  # dropout: a stream per rank
+        self.summary = (f"model {mcfg.name}: {count_parameters(model):,} parameters, {mcfg.image_size}x"
+                        f"{mcfg.image_size} px, {len(sset.class_names)} classes, {len(train_split)} train / "
+                        f"{len(val_split)} val images" + (f", {ctx.world_size} processes x batch "
+                                                          f"{plan.loader.batch_size}" if ctx.distributed else ""))
+        if plan.run.sync_bn:
+            if device.type != "cuda":
+                raise TrainingError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(device, memory_format=torch.channels_last)  # measured 1.3x on CPU, faster on CUDA
+        self.prec = Precision(device, plan.run.amp)
+        o = plan.optim
+        params = self.model.parameters()
+        self.optimizer = (torch.optim.Adam(params, lr=o.lr) if o.optimizer == "adam"
+                          else torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay))
+        rk = {"rank": ctx.rank, "world_size": ctx.world_size}
+        self.train_loader = create_loader(train_split, plan.loader, device=device, train=True, **rk)
+        self.val_loader = (create_loader(val_split, replace(plan.loader, balance=False), device=device, train=False,
+                                         **rk) if len(val_split) else None)
+        self.steps = len(self.train_loader)
+        self.transform = DeviceTransform(sset.mean, sset.std, device, True, seed=plan.loader.seed + 1_000_003 * ctx.rank)
+        fwd = self.model
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
 
-    epoch = start
-    last_epoch = o.epochs if stop_after is None else min(o.epochs, start + stop_after)
-    try:
-        for epoch in range(start, last_epoch):
-            stats = _train_epoch(model, model_fwd, train_loader, transform, optimizer, scheduler, prec,
-                                 o.label_smoothing, plan.loader.augment, epoch, progress, ctx)
-            dd.broadcast_buffers(ctx, model)
-            val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
-            val = evaluate_batches(model, val_loader, transform, prec.autocast, ctx=ctx)
-            row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"],
-                   "val_f1": val["f1"], "lr": optimizer.param_groups[0]["lr"]}
-            history.append(row)
-            improved = val["f1"] > best_f1
-            best_f1 = max(best_f1, val["f1"])
-            data = payload(epoch)
-            if ctx.is_main:
-                save_checkpoint(out / "last.pt", data)
-                if improved:
-                    save_checkpoint(out / "best.pt", data)
-                _write_metrics(out, history)
-            say(f"epoch {epoch + 1}/{o.epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.3f} | "
-                f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-F1 {val['f1']:.3f} | "
-                f"{stats['seconds']:.1f} s, {stats['images_per_s']:.0f} img/s, data wait "
-                f"{100 * stats['data_wait']:.1f}%{' *best*' if improved else ''}")
-    except KeyboardInterrupt:
-        if ctx.is_main:  # no collective here: the other ranks are being interrupted too
-            save_checkpoint(out / "interrupted.pt", payload(epoch - 1, gather=False))
-        say(f"interrupted: weights saved to {out / 'interrupted.pt'}; resume from {out / 'last.pt'}")
-        raise
-    finally:
-        if history and ctx.is_main:
-            from .plots import plot_curves
-            plot_curves(history, out / "curves.png")
-    best = max(history, key=lambda h: h["val_f1"]) if history else {}
-    return {"out": str(out), "history": history, "best": best, "device": str(device), "rank": ctx.rank,
-            "world_size": ctx.world_size, "amp": prec.name,
-            "config": plan.to_dict(), "model": model}
+            fwd = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.fwd = torch.compile(fwd) if plan.run.compile else fwd
+        self.history: list[dict] = []
+        self.best_f1 = -1.0
+        self.position = {"epoch": 0, "step": 0, "sums": None}
 
-
-def _train_epoch(model, model_fwd, loader, transform, optimizer, scheduler, prec: Precision,
-                 label_smoothing: float, augment: bool, epoch: int, progress: bool,
-                 ctx: Optional[dd.DistContext] = None) -> dict:
-    model.train()
-    loader.set_epoch(epoch)
-    dev = next(model.parameters()).device
-    # Running sums stay on the device: no host sync per step.
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    correct = torch.zeros((), dtype=torch.int64, device=dev)
-    seen, wait = 0, 0.0
-    cuda = dev.type == "cuda"
-    t0 = time.perf_counter()
-    it = iter(loader)
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}", unit="batch", leave=False, disable=not progress)
-    step = 0
-    while True:
-        tw = time.perf_counter()
+    def restore(self, ckpt: dict, path: Path) -> None:
+        """Continue from a checkpoint: weights, optimiser, scaler, RNGs, position, history."""
+        load_weights(self.model, ckpt, path)
         try:
-            xb, yb = next(it)
-        except StopIteration:
-            break
-        wait += time.perf_counter() - tw
-        x = transform(xb, augment=augment)
-        loss, logits = prec.step(model_fwd, optimizer, x, yb, label_smoothing)
-        scheduler.step()
-        loss_sum += loss.detach().double() * len(yb)
-        correct += (logits.argmax(1) == yb).sum()
-        seen += len(yb)
-        step += 1
-        # One sync per 20 steps; under torchrun the check waits for the epoch's
-        # all-reduce, so every rank stops together instead of one hanging.
-        if step % 20 == 0 and (ctx is None or not ctx.distributed) and not math.isfinite(float(loss_sum)):
-            break
-        bar.update()
-    bar.close()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    if ctx is not None and ctx.distributed:  # the epoch's sums over every rank
-        seen_t = torch.tensor(float(seen), dtype=torch.float64, device=dev)
-        sums = dd.all_reduce_sum(ctx, torch.stack([loss_sum, correct.double(), seen_t]))
-        loss_sum, correct, seen = sums[0], sums[1], int(sums[2])
-    total = float(loss_sum)
-    if not math.isfinite(total):
-        raise TrainingError(f"loss became {total} in epoch {epoch + 1}; the last good checkpoint is kept "
-                            f"(last.pt of epoch {epoch}); try a lower --lr or --no-amp")
-    return {"train_loss": total / max(1, seen), "train_acc": float(correct) / max(1, seen), "seconds": seconds,
-            "images_per_s": seen / seconds, "data_wait": wait / seconds}
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"not a checkpoint of this tool: {path} (optimizer state does not fit: "
+                                  f"{str(exc).splitlines()[0][:120]})") from None
+        if ckpt["precision"] != self.prec.name:
+            self.say(f"{path} trained in {ckpt['precision']}; this machine continues in {self.prec.name}")
+        if self.prec.scaler.is_enabled() and ckpt["scaler"]:
+            self.prec.scaler.load_state_dict(ckpt["scaler"])  # else a fresh scale: fp16 starts here
+        set_rng_state(ckpt["rng"][self.ctx.rank], self.transform)
+        self.best_f1, self.history = float(ckpt.get("best_f1", -1.0)), list(ckpt["history"])
+        self.position = dict(ckpt["position"])
+        e, k = self.position["epoch"], self.position["step"]
+        self.summary += f"\nresumed from {path}: epoch {e + 1}" + (f", batch {k + 1} of {self.steps}" if k else "")
+
+    def _payload(self, position: dict, gather: bool = True) -> dict:
+        # every rank's RNG state, for an exact resume (a collective: all ranks call it)
+        rng = dd.gather_objects(self.ctx, rng_state(self.transform)) if gather else [rng_state(self.transform)]
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.prec.scaler.state_dict(), "epoch": position["epoch"] - 1, "position": position, "precision": self.prec.name,
+                "best_f1": self.best_f1, "history": self.history, "rng": rng, "world_size": self.ctx.world_size,
+                "class_names": self.sset.class_names, "mean": self.sset.mean.tolist(), "std": self.sset.std.tolist(),
+                "config": self.plan.to_dict(), "preprocess": self.sset.manifest["options"],
+                "shards": str(self.sset.root)}
+
+    def _save(self, name: str, payload: dict) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.out / name, payload)
+
+    def run(self, stop_after: Optional[int] = None, on_step: Optional[Callable[[int, int], None]] = None) -> dict:
+        o, ctx = self.plan.optim, self.ctx
+        self.say(self.summary)
+        if ctx.is_main:
+            write_text(self.out / "config.json", json.dumps({
+                **self.plan.to_dict(), "shards": str(self.sset.root), "world_size": ctx.world_size,
+                "shards_fingerprint": self.sset.manifest.get("fingerprint")}, indent=2) + "\n")
+        start = self.position["epoch"]
+        last = o.epochs if stop_after is None else min(o.epochs, start + stop_after)
+        with _StopRequest(active=not ctx.distributed) as stop:
+            for epoch in range(start, last):
+                stats = self._train_epoch(epoch, stop, on_step)
+                if stats is None:  # stopped inside the epoch: interrupted.pt holds the position
+                    raise KeyboardInterrupt
+                self._end_epoch(epoch, stats)
+                if stop.requested and epoch + 1 < last:
+                    self.say(f"interrupted after epoch {epoch + 1}; continue with --resume {self.out / 'last.pt'}")
+                    raise KeyboardInterrupt
+        scored = [h for h in self.history if h.get("val_f1") is not None]
+        best = max(scored, key=lambda h: h["val_f1"]) if scored else {}
+        return {"out": str(self.out), "history": self.history, "best": best, "device": str(ctx.device),
+                "rank": ctx.rank, "world_size": ctx.world_size, "amp": self.prec.name,
+                "config": self.plan.to_dict(), "model": self.model, "has_val": self.val_loader is not None}
+
+    def _end_epoch(self, epoch: int, stats: dict) -> None:
+        """Validate, record, checkpoint and plot one finished epoch."""
+        dd.broadcast_buffers(self.ctx, self.model)
+        val = {"loss": None, "acc": None, "f1": None}
+        if self.val_loader is not None:
+            self.val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
+            val = evaluate_batches(self.model, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx)
+        row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
+               "lr": self.optimizer.param_groups[0]["lr"]}
+        self.history.append(row)
+        improved = val["f1"] is not None and val["f1"] > self.best_f1
+        self.best_f1 = max(self.best_f1, val["f1"]) if val["f1"] is not None else self.best_f1
+        self.position = {"epoch": epoch + 1, "step": 0, "sums": None}
+        data = self._payload(self.position)
+        if self.ctx.is_main:
+            self._save("last.pt", data)
+            if improved:
+                self._save("best.pt", data)
+            (self.out / "interrupted.pt").unlink(missing_ok=True)  # superseded by last.pt
+            _write_metrics(self.out, self.history)
+            from .plots import plot_curves
+
+            plot_curves(self.history, self.out / "curves.png")
+        v = (f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-F1 {val['f1']:.3f}" if val["f1"] is not None
+             else "no val split")
+        self.say(f"epoch {epoch + 1}/{self.plan.optim.epochs}: train loss {stats['train_loss']:.4f} "
+                 f"acc {stats['train_acc']:.3f} | {v} | {stats['seconds']:.1f} s, {stats['images_per_s']:.0f} img/s, "
+                 f"data wait {100 * stats['data_wait']:.1f}%{' *best*' if improved else ''}")
+
+    def _train_epoch(self, epoch: int, stop: _StopRequest, on_step) -> Optional[dict]:
+        """One epoch from the current position; None if Ctrl-C stopped it (``interrupted.pt`` written)."""
+        model, loader, prec, o, ctx = self.model, self.train_loader, self.prec, self.plan.optim, self.ctx
+        model.train()
+        first = self.position["step"] if self.position["epoch"] == epoch else 0
+        loader.set_epoch(epoch, start_batch=first)
+        dev = self.ctx.device
+        sums = (self.position.get("sums") if first else None) or {"loss": 0.0, "correct": 0, "seen": 0,
+                                                                    "wait": 0.0, "seconds": 0.0}
+        # Running sums stay on the device: no host sync per step.
+        loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=dev)
+        correct = torch.tensor(sums["correct"], dtype=torch.int64, device=dev)
+        seen, wait = sums["seen"], sums["wait"]
+        t0 = time.perf_counter() - sums["seconds"]
+        it = iter(loader)
+        bar = tqdm(total=self.steps, initial=first, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
+                   disable=not self.progress)
+        step = first
+        while True:
+            tw = time.perf_counter()
+            try:
+                xb, yb = next(it)
+            except StopIteration:
+                break
+            wait += time.perf_counter() - tw
+            lr, beta1 = lr_at(o, epoch * self.steps + step, o.epochs * self.steps)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+                if beta1 is not None:
+                    g["betas"] = (beta1, *g["betas"][1:])
+            x = self.transform(xb, augment=self.plan.loader.augment)
+            loss, logits = prec.step(self.fwd, self.optimizer, x, yb, o.label_smoothing)
+            loss_sum += loss.detach().double() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
+            seen += len(yb)
+            step += 1
+            bar.update()
+            if on_step is not None:
+                on_step(epoch, step)
+            # One sync per 20 steps; under torchrun the check waits for the epoch's
+            # all-reduce, so every rank stops together instead of one hanging.
+            if step % 20 == 0 and not ctx.distributed and not math.isfinite(float(loss_sum)):
+                break
+            if stop.requested and step < self.steps:
+                bar.close()
+                self.position = {"epoch": epoch, "step": step, "sums": {
+                    "loss": float(loss_sum), "correct": int(correct), "seen": seen, "wait": wait,
+                    "seconds": time.perf_counter() - t0}}
+                self._save("interrupted.pt", self._payload(self.position, gather=False))
+                self.say(f"interrupted in epoch {epoch + 1} after batch {step} of {self.steps}; continue with "
+                         f"--resume {self.out / 'interrupted.pt'}")
+                return None
+        bar.close()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        if ctx.distributed:  # the epoch's sums over every rank
+            seen_t = torch.tensor(float(seen), dtype=torch.float64, device=dev)
+            total = dd.all_reduce_sum(ctx, torch.stack([loss_sum, correct.double(), seen_t]))
+            loss_sum, correct, seen = total[0], total[1], int(total[2])
+        total_loss = float(loss_sum)
+        if not math.isfinite(total_loss):
+            kept = (f"the last good checkpoint is kept ({self.out / 'last.pt'}, epoch {epoch})"
+                    if (self.out / "last.pt").exists() else "no checkpoint was written yet")
+            raise TrainingError(f"loss became {total_loss} in epoch {epoch + 1}; {kept}; try a lower --lr or --no-amp")
+        return {"train_loss": total_loss / max(1, seen), "train_acc": float(correct) / max(1, seen),
+                "seconds": seconds, "images_per_s": seen / seconds, "data_wait": wait / seconds}
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
-    with open(out / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(history[0].keys()))
-        w.writeheader()
-        w.writerows(history)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+    w.writeheader()
+    w.writerows(history)
+    write_text(out / "metrics.csv", buf.getvalue())

@@ -22,9 +22,9 @@ seen = []
 _stream = loader.EpochBatchSampler.stream
 
 
-def _recording_stream(self, start_epoch):  # every sampler path; the DataLoader's prefetches ahead
-    epoch, left = start_epoch, len(self)
-    for batch in _stream(self, start_epoch):
+def _recording_stream(self, start_epoch, skip=0):  # every sampler path; the DataLoader's prefetches ahead
+    epoch, left = start_epoch, len(self) - skip
+    for batch in _stream(self, start_epoch, skip):
         if self.shuffle:  # training batches only
             seen.append([epoch] + batch.tolist())
         left -= 1

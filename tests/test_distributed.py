@@ -42,7 +42,7 @@ def test_two_gloo_ranks_split_the_epoch_and_stay_in_sync(easy_shards, tmp_path):
     assert ranks[0]["weights"] == ranks[1]["weights"]              # DDP kept the replicas identical
     metrics = lambda h: [(r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"], r["val_f1"]) for r in h]
     assert metrics(ranks[0]["history"]) == metrics(ranks[1]["history"])  # reduced over both ranks
-    files = sorted(p.name for p in run.iterdir())
+    files = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))  # .lock: the run folder's lock
     assert files == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.csv"]  # rank 0 alone
     ck = torch.load(run / "last.pt", weights_only=True)
     assert ck["world_size"] == 2 and len(ck["rng"]) == 2 and ck["epoch"] == 0

@@ -1,0 +1,115 @@
+"""Errors a user can fix, and the file operations every stage shares.
+
+The command line tells two kinds of failure apart:
+
+* :class:`UserError` and its subclasses are something the user can fix (a
+  missing folder, a stale shard set, a foreign checkpoint, a full disk):
+  ``cli.py`` prints the message as one line, ``error: ...``, and exits 1.
+  Every message names the file and the fix.
+* anything else is a bug (or CUDA OOM, an NCCL failure) and keeps its
+  traceback.
+
+The file helpers give every stage the same guarantees: a file the tool
+writes appears whole or not at all (:func:`atomic_write`), a full disk reads
+``no space left on device: PATH`` (:func:`disk_errors`), and one process at a
+time writes into a folder (:class:`FolderLock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+class UserError(Exception):
+    """Something the user can fix; the message is one line naming the file and the fix."""
+
+
+class ConfigError(UserError, ValueError):
+    """An option out of its range (also a ValueError, for callers that expect one)."""
+
+
+class DiskFullError(UserError, OSError):
+    """A write that ran out of space; nothing half-written is left behind."""
+
+
+class BusyError(UserError):
+    """Another process holds the folder's lock."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turn "no space" errors raised inside into :class:`DiskFullError` naming ``path``."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        # h5py reports a full disk as an OSError without errno, in its text
+        if exc.errno in _FULL or "No space left on device" in str(exc) or "errno = 28" in str(exc):
+            raise DiskFullError(f"no space left on device: {path}; free some space and run again") from None
+        raise
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(tmp)`` then rename: whole or not at all.
+
+    The temporary file (``path + '.tmp'``) is removed on any failure,
+    Ctrl-C included, so a failed write leaves the previous file untouched
+    and nothing else behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with disk_errors(path):
+            write(tmp)
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write` of UTF-8 text."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+class FolderLock:
+    """An exclusive OS lock (``flock``) on ``folder/.lock``, held while writing there.
+
+    The kernel drops the lock when the process dies (even by ``kill -9``),
+    so a crashed run never blocks the next one. The lock file itself stays
+    (it is empty and hidden).
+
+    Raises:
+        BusyError: another process holds the lock.
+    """
+
+    def __init__(self, folder: Path, what: str) -> None:
+        self.path = Path(folder) / ".lock"
+        self.what = what
+        self.fd = -1
+
+    def __enter__(self) -> "FolderLock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise BusyError(f"{self.path.parent}: another {self.what} (pid {holder}) is writing here; "
+                            f"wait for it to finish or pass another --out") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # closing releases the flock
