@@ -237,8 +237,8 @@ def check_set(root: Path, manifest: Optional[dict] = None, checksums: bool = Tru
     The manifest parses and has this format version, every shard it lists
     is present with its recorded size, and (``checksums``) every shard's
     SHA-256 matches. The hashes run on a thread per core (hashlib releases
-    the GIL): 0.10 s for the real sample at 128 px (97 MB, 2 cores), 0.6%
-    of BART's first epoch on 2 CPU cores (BENCHMARKS.md). Labels are checked
+    the GIL): 49 ms for the real sample at 128 px (98 MB in the page cache,
+    2 cores), 0.1% of BART's first epoch there (47 s; BENCHMARKS.md). Labels are checked
     when a split is opened (:func:`open_split`).
 
     Returns:
