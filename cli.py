@@ -68,6 +68,9 @@ class Group(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:  # what was written is whole (train has said where to resume)
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
@@ -208,12 +211,16 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
               help="Mixed precision: bf16 (or fp16 + GradScaler) on CUDA, bf16 on CPUs that have it [default: off; "
                    "with --resume the checkpoint's].")
 @click.option("--device", type=DEVICES, default="auto", help="Where to train.")
-@click.option("--workers", type=WORKERS, default=None, help="DataLoader workers [default: CPU count].")
+@click.option("--workers", type=WORKERS, default=None,
+              help="DataLoader workers per process [default: CPU count / processes on this node].")
 @click.option("--cache", type=click.Choice(["auto", "device", "ram", "none"]), default="auto",
               help="Keep the split resident on the device or in RAM, or stream from shards.")
 @click.option("--augment/--no-augment", default=None, help="Flip + small crop on the device [default: recipe's].")
 @click.option("--balance", is_flag=True, default=None, help="Class-balanced sampling for the long tail.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the model (training epochs then drop their last partial batch).")
+@click.option("--exact", is_flag=True,
+              help="CUDA: no cuDNN autotune and no TF32, for bit-exact reruns (slower; CPU runs are exact anyway).")
 @click.option("--sync-bn", is_flag=True, help="Under torchrun on CUDA: BatchNorm statistics over all GPUs.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder [default: runs/MODEL-RECIPE; with --resume the checkpoint's folder].")
@@ -221,7 +228,7 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
               help="Continue a run exactly from its last.pt or interrupted.pt (model and recipe come from it).")
 @click.pass_context
 def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment,
-          balance, compile_, sync_bn, out, resume) -> None:
+          balance, compile_, exact, sync_bn, out, resume) -> None:
     """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
 
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
@@ -231,12 +238,12 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
 
     from pipeline.checkpoint import load_checkpoint
     from pipeline.config import LoaderConfig, ModelConfig, RunConfig
-    from pipeline.env import cpu_count
+    from pipeline.env import default_workers
     from pipeline.train import TrainPlan, resume_plan
     from pipeline.train import recipe as make_recipe
     from pipeline.train import train as run
 
-    workers = cpu_count() if workers is None else workers
+    workers = default_workers() if workers is None else workers
     if resume is not None:
         given = [p.opts[0] for p in ctx.command.params if p.name in RECIPE_OPTIONS
                  and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
@@ -245,7 +252,7 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
         ckpt = load_checkpoint(resume, for_resume=True)
         if ctx.get_parameter_source("shards") != click.core.ParameterSource.COMMANDLINE and ckpt.get("shards"):
             shards = Path(ckpt["shards"])  # the set it trained on (checked against it all the same)
-        plan = resume_plan(ckpt, epochs=epochs, device=device, amp=amp, compile=compile_, sync_bn=sync_bn,
+        plan = resume_plan(ckpt, epochs=epochs, device=device, amp=amp, compile=compile_, exact=exact, sync_bn=sync_bn,
                            out=str(out or resume.parent), workers=workers, cache=cache)
     else:
         optim, loader_kw = make_recipe(recipe, model_name)
@@ -259,12 +266,9 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
                                  **({"augment": augment} if augment is not None else {})})
         out = out or Path("runs") / f"{model_name}-{recipe}"
         plan = TrainPlan(ModelConfig(name=model_name), optim, loader,
-                         RunConfig(seed=seed, device=device, amp=bool(amp), compile=compile_, sync_bn=sync_bn,
-                                   out=str(out), recipe=recipe))
-    try:
-        summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
-    except KeyboardInterrupt:
-        sys.exit(130)
+                         RunConfig(seed=seed, device=device, amp=bool(amp), compile=compile_, exact=exact,
+                                   sync_bn=sync_bn, out=str(out), recipe=recipe))
+    summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
     best = summary["best"]
     if summary["rank"] != 0:
         return
@@ -354,10 +358,10 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     """Throughput of every stage against the notebooks' way, side by side in one run."""
     from pipeline.bench import run_bench
     from pipeline.config import BenchConfig, check_image_size
-    from pipeline.env import cpu_count
+    from pipeline.env import default_workers
 
     cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=check_image_size(size), model=model_name,
-                      workers=workers or cpu_count(), batch_size=batch_size or (32 if quick else 128),
+                      workers=workers or default_workers(), batch_size=batch_size or (32 if quick else 128),
                       quick=quick, limit=limit if limit is not None else (600 if quick else 0),
                       repeats=2 if quick else 5, min_seconds=0.05 if quick else 0.5,
                       steps=steps or (2 if quick else 5))

@@ -291,10 +291,13 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
 
     from model import create_model
     from .config import LoaderConfig
-    from .loader import DeviceTransform, create_loader
+    from .loader import DataWait, DeviceTransform, create_loader
     from .shard_format import open_set
-    from .train import Precision
+    from .config import OptimConfig
+    from .train import Precision, configure_cuda, make_optimizer
 
+    if device.type == "cuda":
+        configure_cuda(exact=False)  # as train does by default
     split = open_set(shards).split("train")
     tf = DeviceTransform(split.mean, split.std, device, channels_last=True)
     # One loader for both variants: with cache=auto it holds the split in RAM.
@@ -309,7 +312,7 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
         torch.manual_seed(0)
         model = create_model(cfg.model, num_classes=len(split.class_names), image_size=cfg.size)
         model = model.to(device, memory_format=torch.channels_last).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = make_optimizer(OptimConfig(lr=1e-3, weight_decay=0.01), model.parameters(), device)
         step = lambda xb, yb: prec.step(model, opt, tf(xb, augment=True), yb)  # noqa: E731,B023
 
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -323,24 +326,25 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
             step(xb, yb)
         sync()
         compute = cfg.steps * len(xb) / (time.perf_counter() - t)
-        wait, seen = 0.0, 0
+        # Data wait as train measures it (loader.DataWait): host seconds
+        # blocked in next(), with no device sync inside, so no GPU work.
+        waited, seen = 0.0, 0
         loader.set_epoch(1)
-        it = iter(loader)
+        batches = DataWait(loader)
         t = time.perf_counter()
         for _ in range(cfg.steps):
-            tw = time.perf_counter()
             try:
-                xb, yb = next(it)
+                xb, yb = next(batches)
             except StopIteration:
+                waited += batches.seconds
                 loader.set_epoch(2)
-                it = iter(loader)
-                xb, yb = next(it)
-            sync()
-            wait += time.perf_counter() - tw
+                batches = DataWait(loader)
+                xb, yb = next(batches)
             step(xb, yb)
             seen += len(xb)
         sync()
         total = time.perf_counter() - t
+        wait = waited + batches.seconds
         out["amp" if amp else "fp32"] = {"dtype": str(prec.dtype or "float32").replace("torch.", ""),
                                          "compute_images_per_s": compute, "end_to_end_images_per_s": seen / total,
                                          "data_wait_share": wait / total, "cache": loader.mode}

@@ -107,18 +107,24 @@ class LoaderConfig:
         balance: class-balanced sampling (with replacement) for the long tail.
         prefetch_factor: batches in flight per worker.
         seed: the epoch order is a function of (seed, epoch) alone.
+        drop_last: training epochs of whole batches only (set by ``--compile``).
     """
 
     batch_size: int = 128
-    workers: int = 2
+    workers: Optional[int] = None
     cache: str = "auto"
     augment: bool = True
     balance: bool = False
     prefetch_factor: int = 4
     seed: int = 42
+    drop_last: bool = False
 
     def __post_init__(self) -> None:
         check_range("batch_size", self.batch_size, 1, 65536)
+        if self.workers is None:  # one default for the library and the CLI
+            from .env import default_workers
+
+            object.__setattr__(self, "workers", default_workers())
         check_range("workers", self.workers, 0, 512)
         check_range("prefetch_factor", self.prefetch_factor, 1, 64)
         if self.cache not in CACHE_MODES:
@@ -176,6 +182,7 @@ class RunConfig:
     sync_bn: bool = False
     out: str = "runs/default"
     recipe: str = "default"
+    exact: bool = False  # CUDA: no cuDNN autotune, no TF32, deterministic cuDNN (bit-exact reruns)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -65,6 +65,20 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def default_workers() -> int:
+    """DataLoader workers per process: the cores shared by this node's processes.
+
+    Under torchrun each of LOCAL_WORLD_SIZE ranks gets cpu_count() /
+    LOCAL_WORLD_SIZE (8 GPUs on a 16-core node: 2 each, not 16 each); a
+    plain run gets every core. At least 1.
+    """
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cpu_count() // local)
+
+
 def environment(with_torch: bool = True) -> dict:
     """Everything a benchmark figure or a manifest should be traced to."""
     import h5py

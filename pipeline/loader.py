@@ -34,6 +34,7 @@ import itertools
 import logging
 import os
 import random
+import time
 import warnings
 from typing import Iterator, Optional
 
@@ -80,16 +81,19 @@ class EpochBatchSampler(Sampler):
         rank, world_size: this process's share (disjoint, equal length).
         shuffle: False for evaluation (in order; ranks may differ by one).
         balance: class-balanced sampling.
+        drop_last: only whole batches (``--compile``: an odd last batch would
+            recompile the graph); the rest of the epoch is left out.
     """
 
     def __init__(self, offsets: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True, balance: bool = False) -> None:
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True, balance: bool = False,
+                 drop_last: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
         self.offsets, self.labels = offsets, labels
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.shuffle, self.balance = shuffle, balance
+        self.shuffle, self.balance, self.drop_last = shuffle, balance, drop_last
         self.epoch = 0
         self.start_batch = 0
 
@@ -117,7 +121,7 @@ class EpochBatchSampler(Sampler):
         """
         epoch = start_epoch
         while True:
-            idx = self.indices(epoch)
+            idx = self.indices(epoch)[: len(self) * self.batch_size]
             for start in range(skip * self.batch_size, len(idx), self.batch_size):
                 yield idx[start: start + self.batch_size]
             epoch, skip = epoch + 1, 0
@@ -125,7 +129,13 @@ class EpochBatchSampler(Sampler):
     def __len__(self) -> int:
         n = int(self.offsets[-1])
         per_rank = n // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
-        return -(-per_rank // self.batch_size)
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def dropped(self) -> int:
+        """Samples of this rank's epoch that ``drop_last`` leaves out."""
+        n = int(self.offsets[-1])
+        per_rank = n // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
+        return per_rank - len(self) * self.batch_size if self.drop_last else 0
 
 
 class _Stream:
@@ -324,34 +334,81 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def epoch_indices(self) -> torch.Tensor:
+        """This rank's samples for the current epoch, from its start batch on, as one int64 tensor.
+
+        Built once per epoch: every batch of the epoch is a slice of it (and
+        of the epoch's labels), so on CUDA the indices and labels cross to
+        the device once per epoch, asynchronously from pinned memory, and no
+        step waits on an upload.
+        """
+        b = self.cfg.batch_size
+        idx = self.sampler.indices()[self.sampler.start_batch * b: len(self.sampler) * b]
+        return torch.from_numpy(np.ascontiguousarray(idx))
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """One asynchronous copy from pinned memory on CUDA; the tensor itself on CPU."""
+        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         nb = self.device.type == "cuda"
+        b = self.cfg.batch_size
+        idx = self.epoch_indices()
+        labels = self._to_device(self.labels.index_select(0, idx))  # the epoch's labels; batches are views
+        batches = [(s, min(s + b, len(idx))) for s in range(0, len(idx), b)]
         if self._loader is not None:
             epoch, skip = self.sampler.epoch, self.sampler.start_batch
             if self._it is None or self._next_epoch != epoch or skip:  # first epoch, not the next one, or a resume
                 self._stream.start, self._stream.skip = epoch, skip
                 self._it = iter(self._loader)
             self._next_epoch = None  # until this epoch is read to its end
-            for _ in range(len(self.sampler) - skip):
-                x, y = next(self._it)
+            for s, e in batches:
+                x, _ = next(self._it)  # the worker's labels are these; the epoch's are already where they go
                 if isinstance(x, tuple):  # a slot of the shared ring: read in place
                     w, k, n = x
                     x = self._shared[w, k, :n]
-                yield x.to(self.device, non_blocking=nb), torch.from_numpy(y).to(self.device, non_blocking=nb)
+                yield x.to(self.device, non_blocking=nb), labels[s:e]
             self._next_epoch = epoch + 1
             return
-        for k, idx in enumerate(self.sampler):
-            if self.mode == "device":
-                t = torch.from_numpy(idx).to(self.device)
-                yield self._images.index_select(0, t), self._labels_dev.index_select(0, t)
+        if self.mode == "device":
+            idx = self._to_device(idx)
+            for s, e in batches:
+                yield self._images.index_select(0, idx[s:e]), labels[s:e]
+            return
+        for k, (s, e) in enumerate(batches):
+            if self._ring:
+                buf = self._ring[k % len(self._ring)][: e - s]
             else:
-                t = torch.from_numpy(idx)
-                if self._ring:
-                    buf = self._ring[k % len(self._ring)][: len(idx)]
-                else:
-                    buf = torch.empty((len(idx),) + tuple(self._images.shape[1:]), dtype=torch.uint8, pin_memory=nb)
-                torch.index_select(self._images, 0, t, out=buf)
-                yield buf.to(self.device, non_blocking=nb), self.labels[t].to(self.device, non_blocking=nb)
+                buf = torch.empty((e - s,) + tuple(self._images.shape[1:]), dtype=torch.uint8, pin_memory=nb)
+            torch.index_select(self._images, 0, idx[s:e], out=buf)
+            yield buf.to(self.device, non_blocking=nb), labels[s:e]
+
+
+class DataWait:
+    """Iterate a loader and count the host seconds spent blocked in ``next()``.
+
+    The one definition of "data wait" for ``train`` and ``bench``: the time
+    the training loop waits for its next batch to be handed over. No path
+    of :class:`BatchLoader` synchronises with the device inside ``next()``
+    (indices and labels go up once per epoch, pixels by ``non_blocking``
+    copies from pinned memory), so on CUDA this excludes GPU work: a GPU
+    that is the bottleneck shows as ~0% wait, a starved one as the time the
+    host had nothing to queue.
+    """
+
+    def __init__(self, loader) -> None:
+        self.it = iter(loader)
+        self.seconds = 0.0
+
+    def __iter__(self) -> "DataWait":
+        return self
+
+    def __next__(self):
+        t = time.perf_counter()
+        try:
+            return next(self.it)
+        finally:
+            self.seconds += time.perf_counter() - t
 
 
 def resolve_cache(cache: str, split: SplitSet, device: torch.device) -> str:
@@ -385,7 +442,8 @@ def create_loader(split: SplitSet, cfg: LoaderConfig, *, device: torch.device, t
         rank, world_size: this process's part of every epoch.
     """
     sampler = EpochBatchSampler(split.offsets, split.labels, cfg.batch_size, seed=cfg.seed, rank=rank,
-                                world_size=world_size, shuffle=train, balance=train and cfg.balance)
+                                world_size=world_size, shuffle=train, balance=train and cfg.balance,
+                                drop_last=train and cfg.drop_last)
     mode = resolve_cache(cfg.cache, split, device)
     logger.info("loader: %d images, cache=%s, workers=%d", len(split), mode, cfg.workers)
     return BatchLoader(split, cfg, device, mode, sampler)
@@ -434,7 +492,7 @@ class DeviceTransform:
         theta[:, 0, 0] = zoom * flip
         theta[:, 1, 1] = zoom
         theta[:, :, 2] = shift
-        theta = theta.to(x.device, non_blocking=True)
+        theta = (theta.pin_memory() if x.device.type == "cuda" else theta).to(x.device, non_blocking=True)
         grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
         out = torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
                                               align_corners=False)

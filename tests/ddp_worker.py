@@ -19,21 +19,17 @@ from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig  #
 from pipeline.train import TrainPlan, train  # noqa: E402
 
 seen = []
-_stream = loader.EpochBatchSampler.stream
+_epoch_indices = loader.BatchLoader.epoch_indices
 
 
-def _recording_stream(self, start_epoch, skip=0):  # every sampler path; the DataLoader's prefetches ahead
-    epoch, left = start_epoch, len(self) - skip
-    for batch in _stream(self, start_epoch, skip):
-        if self.shuffle:  # training batches only
-            seen.append([epoch] + batch.tolist())
-        left -= 1
-        if left == 0:
-            epoch, left = epoch + 1, len(self)
-        yield batch
+def _recording_epoch_indices(self):  # every cache mode takes an epoch's batches from this one tensor
+    idx = _epoch_indices(self)
+    if self.sampler.shuffle:  # training epochs only
+        seen.append([self.sampler.epoch] + idx.tolist())
+    return idx
 
 
-loader.EpochBatchSampler.stream = _recording_stream
+loader.BatchLoader.epoch_indices = _recording_epoch_indices
 
 shards, run_dir, trace = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 resume = run_dir / "last.pt" if "--resume" in sys.argv else None

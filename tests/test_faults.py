@@ -461,6 +461,8 @@ def test_sizes_batch_and_epochs_are_validated_where_they_enter(easy_shards, tmp_
                       (("predict", "x.pt", "y.jpg", "--top-k", 0), "1<=x<=1000")):
         r = run(*args)
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
+    r = run("preprocess", "--size", 24, "--data-dir", tmp_path, "--out", tmp_path / "o")  # what train would refuse
+    assert r.exit_code == 1 and "size must be a multiple of 16" in r.output and not (tmp_path / "o").exists()
 
 
 def test_nan_in_the_first_epoch_names_no_checkpoint_that_does_not_exist(easy_shards, tmp_path, monkeypatch):

@@ -67,16 +67,6 @@ def test_cpu_amp_path_runs(easy_shards, tmp_path):
     assert np.isfinite(s["history"][0]["train_loss"])
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_amp_training(easy_shards, tmp_path):
-    plan = _plan(tmp_path, epochs=2, model="bart", amp=True, cache="device")
-    plan = TrainPlan(plan.model, plan.optim, plan.loader, RunConfig(device="cuda", amp=True, out=str(tmp_path)))
-    s = train(easy_shards, plan)
-    assert s["device"].startswith("cuda") and s["amp"] in ("bfloat16", "float16")
-    assert s["history"][-1]["train_loss"] < s["history"][0]["train_loss"]
-
-
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(easy_shards, tmp_path, monkeypatch):
     train(easy_shards, _plan(tmp_path, epochs=3), stop_after=1)
     real = torch.nn.functional.cross_entropy
