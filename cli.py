@@ -29,7 +29,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 # The names model.MODELS registers, spelled out so that `--help` and the
 # data commands do not import torch (tests/test_model.py checks they agree).
-MODELS = click.Choice(["bart", "cnn4conv"])
+MODELS = click.Choice(["bart", "cnn4conv", "resnet"])
 DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
@@ -216,7 +216,9 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
 @click.option("--cache", type=click.Choice(["auto", "device", "ram", "none"]), default="auto",
               help="Keep the split resident on the device or in RAM, or stream from shards.")
 @click.option("--augment/--no-augment", default=None, help="Flip + small crop on the device [default: recipe's].")
-@click.option("--balance", is_flag=True, default=None, help="Class-balanced sampling for the long tail.")
+@click.option("--balance", type=Finite(0, 1), is_flag=False, flag_value=1.0, default=None,
+              help="Class-balanced sampling for the long tail: --balance (every class equally likely) or "
+                   "--balance 0.5 (weights n_c^0.5) [default: recipe's].")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the model (training epochs then drop their last partial batch).")
 @click.option("--exact", is_flag=True,
@@ -262,7 +264,8 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
             optim = replace(optim, lr=lr)
         seed = loader_kw.pop("seed", 42) if seed is None else seed
         loader = LoaderConfig(**{**loader_kw, "seed": seed, "workers": workers, "cache": cache,
-                                 "balance": bool(balance), **({"batch_size": batch_size} if batch_size else {}),
+                                 **({"balance": balance} if balance is not None else {}),
+                                 **({"batch_size": batch_size} if batch_size else {}),
                                  **({"augment": augment} if augment is not None else {})})
         out = out or Path("runs") / f"{model_name}-{recipe}"
         plan = TrainPlan(ModelConfig(name=model_name), optim, loader,
@@ -306,6 +309,9 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
     for name, r in rep["per_class"].items():
         click.echo(f"{name:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1-score']:5.3f}  {int(r['support']):7d}")
     click.echo(f"{rep['source']}: {rep['images']} images, accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}")
+    if rep["absent_predictions"]:
+        click.echo("predicted into classes absent from these images (counted as misses, not as classes): "
+                   + ", ".join(f"{n} {k}" for n, k in rep["absent_predictions"].items()))
     if rep.get("unknown_classes"):
         click.echo(f"left out {rep['left_out']} images of classes the model does not know: "
                    f"{', '.join(rep['unknown_classes'])}")

@@ -1,4 +1,4 @@
-"""The two reference architectures behind one factory."""
+"""The two reference architectures, and one compact modern extra, behind one factory."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from torch import nn
 
 from .bart import BART
 from .cnn4conv import CNN4Conv
+from .resnet import ResNetS
 
-MODELS = {"cnn4conv": CNN4Conv, "bart": BART}
+MODELS = {"cnn4conv": CNN4Conv, "bart": BART, "resnet": ResNetS}
 
 # Each notebook's own recipe: (image size, optimizer, lr, batch, epochs, val split, seed).
 NOTEBOOK_RECIPES = {
@@ -20,7 +21,7 @@ def create_model(name: str, *, num_classes: int = 42, image_size: int = 128) -> 
     """Build a reference network.
 
     Args:
-        name: ``cnn4conv`` or ``bart``.
+        name: ``cnn4conv`` or ``bart`` (the notebooks'), or ``resnet`` (:class:`ResNetS`).
         num_classes: output logits.
         image_size: input side in pixels; a multiple of 16 (both flatten
             sizes are computed from it).

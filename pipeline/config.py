@@ -104,7 +104,8 @@ class LoaderConfig:
         cache: ``device`` / ``ram`` keep the split resident, ``none`` streams
             from shards, ``auto`` picks the first that fits.
         augment: random flip + small random resized crop, on the device.
-        balance: class-balanced sampling (with replacement) for the long tail.
+        balance: class-balanced sampling (with replacement) for the long tail:
+            0 off, 1 every class equally likely, 0.5 weights of n_c ** 0.5.
         prefetch_factor: batches in flight per worker.
         seed: the epoch order is a function of (seed, epoch) alone.
         drop_last: training epochs of whole batches only (set by ``--compile``).
@@ -114,7 +115,7 @@ class LoaderConfig:
     workers: Optional[int] = None
     cache: str = "auto"
     augment: bool = True
-    balance: bool = False
+    balance: float = 0.0
     prefetch_factor: int = 4
     seed: int = 42
     drop_last: bool = False
@@ -127,6 +128,7 @@ class LoaderConfig:
             object.__setattr__(self, "workers", default_workers())
         check_range("workers", self.workers, 0, 512)
         check_range("prefetch_factor", self.prefetch_factor, 1, 64)
+        check_range("balance", float(self.balance), 0.0, 1.0)
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
 

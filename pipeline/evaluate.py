@@ -92,17 +92,20 @@ def _report(clf: Classifier, y_true: np.ndarray, probs: np.ndarray, out_dir: Pat
     if not len(y_true):
         raise DatasetError(f"{extra['source']}: no images to evaluate")
     y_pred = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
-    labels = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+    present = sorted(set(y_true.tolist()))
+    absent = sorted(set(y_pred.tolist()) - set(present))  # classes the model predicted that the data lacks
+    labels = present + absent
     names = [clf.class_names[i] for i in labels]
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(cm, names, out_dir / "confusion_matrix.png")
-    per_class = classification_report(y_true, y_pred, labels=labels, target_names=names, output_dict=True,
-                                      zero_division=0)
-    accuracy, macro_f1 = accuracy_f1(y_true, y_pred)
+    per_class = classification_report(y_true, y_pred, labels=present, target_names=names[: len(present)],
+                                      output_dict=True, zero_division=0)
+    accuracy, macro_f1 = accuracy_f1(y_true, y_pred)  # over the classes present in the data
     return {"images": int(len(y_true)), "accuracy": accuracy, "macro_f1": macro_f1,
-            "per_class": {n: per_class[n] for n in names}, "confusion_matrix_png": str(out_dir / "confusion_matrix.png"),
-            **extra}
+            "per_class": {n: per_class[n] for n in names[: len(present)]},
+            "absent_predictions": {clf.class_names[c]: int((y_pred == c).sum()) for c in absent},
+            "confusion_matrix_png": str(out_dir / "confusion_matrix.png"), **extra}
 
 
 def evaluate_shards(clf: Classifier, shards: Path, split: str, out_dir: Path) -> dict:

@@ -49,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 
 def epoch_order(offsets: np.ndarray, labels: np.ndarray, seed: int, epoch: int, shuffle: bool = True,
-                balance: bool = False) -> np.ndarray:
+                balance: float = 0.0) -> np.ndarray:
     """The global sample order of one epoch (every sample once unless ``balance``).
 
     Args:
@@ -57,7 +57,9 @@ def epoch_order(offsets: np.ndarray, labels: np.ndarray, seed: int, epoch: int, 
         labels: (N,) labels, used by ``balance``.
         seed, epoch: the order is a function of these alone.
         shuffle: False gives 0..N-1 (evaluation).
-        balance: draw N samples with replacement, each class equally likely.
+        balance: > 0 draws N samples with replacement, class c with weight
+            n_c ** (1 - balance) (1: each class equally likely; 0.5: the
+            square-root middle way; 0: every sample once, unweighted).
     """
     n = int(offsets[-1])
     if not shuffle:
@@ -65,7 +67,7 @@ def epoch_order(offsets: np.ndarray, labels: np.ndarray, seed: int, epoch: int, 
     rng = np.random.default_rng([seed, epoch, 11])
     if balance:
         counts = np.bincount(labels)
-        weights = 1.0 / counts[labels]
+        weights = counts[labels].astype(np.float64) ** -float(balance)
         return rng.choice(n, size=n, p=weights / weights.sum())  # already in random order
     parts = [offsets[s] + rng.permutation(offsets[s + 1] - offsets[s]) for s in rng.permutation(len(offsets) - 1)]
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
@@ -80,13 +82,13 @@ class EpochBatchSampler(Sampler):
         seed: with the epoch, fixes the order.
         rank, world_size: this process's share (disjoint, equal length).
         shuffle: False for evaluation (in order; ranks may differ by one).
-        balance: class-balanced sampling.
+        balance: class-balanced sampling strength (see :func:`epoch_order`).
         drop_last: only whole batches (``--compile``: an odd last batch would
             recompile the graph); the rest of the epoch is left out.
     """
 
     def __init__(self, offsets: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True, balance: bool = False,
+                 rank: int = 0, world_size: int = 1, shuffle: bool = True, balance: float = 0.0,
                  drop_last: bool = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -442,7 +444,7 @@ def create_loader(split: SplitSet, cfg: LoaderConfig, *, device: torch.device, t
         rank, world_size: this process's part of every epoch.
     """
     sampler = EpochBatchSampler(split.offsets, split.labels, cfg.batch_size, seed=cfg.seed, rank=rank,
-                                world_size=world_size, shuffle=train, balance=train and cfg.balance,
+                                world_size=world_size, shuffle=train, balance=cfg.balance if train else 0.0,
                                 drop_last=train and cfg.drop_last)
     mode = resolve_cache(cfg.cache, split, device)
     logger.info("loader: %d images, cache=%s, workers=%d", len(split), mode, cfg.workers)

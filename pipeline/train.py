@@ -45,6 +45,9 @@ from .shard_format import ShardSet, open_set
 logger = logging.getLogger(__name__)
 
 
+SMALL_CLASS = 150  # images; macro-F1 of the classes under this is reported apart (val_f1_small)
+
+
 class TrainingError(UserError):
     """A run that cannot start or must stop (mismatch, divergence)."""
 
@@ -71,6 +74,9 @@ def recipe(name: str, model: str) -> tuple[OptimConfig, dict]:
     one-cycle schedule, label smoothing .1, batch 128, flip + crop augmentation.
     """
     if name == "notebook":
+        if model not in NOTEBOOK_RECIPES:
+            raise TrainingError(f"{model} is not a notebook's network, so it has no notebook recipe; "
+                                f"use --recipe default")
         nb = NOTEBOOK_RECIPES[model]
         return (OptimConfig(optimizer="adam", lr=nb["lr"], weight_decay=0.0, schedule="constant",
                             label_smoothing=0.0, epochs=nb["epochs"]),
@@ -172,11 +178,20 @@ def make_optimizer(o: OptimConfig, params, device: torch.device) -> torch.optim.
     return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **kw)
 
 
-def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
-    """Accuracy and macro-F1 of predicted labels (both 0.0 for no samples)."""
+def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray, classes: Optional[list[int]] = None) -> tuple[float, float]:
+    """Accuracy and macro-F1 of predicted labels (both 0.0 for no samples).
+
+    The macro-F1 averages over the classes present in ``y_true`` (or over
+    ``classes`` when given, those of them present): a prediction into a
+    class absent from the evaluated data lowers the F1 of the true class
+    (a miss) but adds no zero-F1 class of its own.
+    """
     if not len(y_true):
         return 0.0, 0.0
-    return float((y_pred == y_true).mean()), float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    present = sorted(set(y_true.tolist()))
+    labels = present if classes is None else [c for c in classes if c in set(present)]
+    f1 = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)) if labels else 0.0
+    return float((y_pred == y_true).mean()), f1
 
 
 def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autocast,
@@ -406,7 +421,7 @@ class Trainer:
         if dropped:
             say(f"--compile: the last {dropped} training images of each epoch's order are left out "
                 f"(a partial batch would recompile)")
-        self.val_loader = (create_loader(val_split, replace(plan.loader, balance=False), device=device, train=False,
+        self.val_loader = (create_loader(val_split, replace(plan.loader, balance=0.0), device=device, train=False,
                                          **rk) if len(val_split) else None)
         self.steps = len(self.train_loader)
         self.transform = DeviceTransform(sset.mean, sset.std, device, True, seed=plan.loader.seed + 1_000_003 * ctx.rank)
@@ -420,6 +435,10 @@ class Trainer:
         self.best_f1 = -1.0
         self.position = {"epoch": 0, "step": 0, "sums": None}
         self.sync_debug: Optional[str] = None  # "error": any host-device sync in the step loop raises (CUDA)
+        # the long tail: classes with fewer than SMALL_CLASS images in the whole set (train + val)
+        counts = sset.manifest.get("class_counts", {})
+        totals = np.sum([counts[k] for k in ("train", "val") if k in counts], axis=0) if counts else []
+        self.small_classes = [c for c, n in enumerate(np.atleast_1d(totals)) if n < SMALL_CLASS]
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue from a checkpoint: weights, optimiser, scaler, RNGs, position, history."""
@@ -456,6 +475,12 @@ class Trainer:
     def run(self, stop_after: Optional[int] = None, on_step: Optional[Callable[[int, int], None]] = None) -> dict:
         o, ctx = self.plan.optim, self.ctx
         self.say(self.summary)
+        # wall_s in metrics.csv: seconds of this run so far (training, validation and checkpoints), the
+        # time-to-accuracy clock; a resumed run continues it from the last recorded epoch.
+        self.t_run = time.perf_counter()
+        self.wall_offset = float(self.history[-1].get("wall_s") or 0.0) if self.history else 0.0
+        if self.position.get("sums"):  # the part of an epoch trained before an interrupt
+            self.wall_offset += float(self.position["sums"]["seconds"])
         if ctx.is_main:
             write_text(self.out / "config.json", json.dumps({
                 **self.plan.to_dict(), "shards": str(self.sset.root), "world_size": ctx.world_size,
@@ -484,9 +509,13 @@ class Trainer:
         if self.val_loader is not None:
             self.val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
             val = evaluate_batches(self.model, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx)
+        small = None
+        if self.val_loader is not None:
+            small = accuracy_f1(val["y_true"], val["y_pred"], self.small_classes)[1] if self.small_classes else None
         o = self.plan.optim  # lr: where the schedule stands after the epoch (the next step's), as OneCycleLR reported it
         row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
-               "lr": lr_at(o, (epoch + 1) * self.steps, o.epochs * self.steps)[0]}
+               "lr": lr_at(o, (epoch + 1) * self.steps, o.epochs * self.steps)[0],
+               "val_f1_small": small, "wall_s": self.wall_offset + time.perf_counter() - self.t_run}
         self.history.append(row)
         improved = val["f1"] is not None and val["f1"] > self.best_f1
         self.best_f1 = max(self.best_f1, val["f1"]) if val["f1"] is not None else self.best_f1
