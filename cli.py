@@ -236,13 +236,10 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
     DistributedDataParallel; --batch-size is per process.
     """
-    from dataclasses import replace
-
     from pipeline.checkpoint import load_checkpoint
-    from pipeline.config import LoaderConfig, ModelConfig, RunConfig
+    from pipeline.config import make_plan
     from pipeline.env import default_workers
-    from pipeline.train import TrainPlan, resume_plan
-    from pipeline.train import recipe as make_recipe
+    from pipeline.train import resume_plan
     from pipeline.train import train as run
 
     workers = default_workers() if workers is None else workers
@@ -254,23 +251,12 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
         ckpt = load_checkpoint(resume, for_resume=True)
         if ctx.get_parameter_source("shards") != click.core.ParameterSource.COMMANDLINE and ckpt.get("shards"):
             shards = Path(ckpt["shards"])  # the set it trained on (checked against it all the same)
-        plan = resume_plan(ckpt, epochs=epochs, device=device, amp=amp, compile=compile_, exact=exact, sync_bn=sync_bn,
-                           out=str(out or resume.parent), workers=workers, cache=cache)
+        plan = resume_plan(ckpt, epochs=epochs, device=device, amp=amp, compile=compile_, exact=exact,
+                           sync_bn=sync_bn, out=str(out or resume.parent), workers=workers, cache=cache)
     else:
-        optim, loader_kw = make_recipe(recipe, model_name)
-        if epochs is not None:
-            optim = replace(optim, epochs=epochs)
-        if lr is not None:
-            optim = replace(optim, lr=lr)
-        seed = loader_kw.pop("seed", 42) if seed is None else seed
-        loader = LoaderConfig(**{**loader_kw, "seed": seed, "workers": workers, "cache": cache,
-                                 **({"balance": balance} if balance is not None else {}),
-                                 **({"batch_size": batch_size} if batch_size else {}),
-                                 **({"augment": augment} if augment is not None else {})})
-        out = out or Path("runs") / f"{model_name}-{recipe}"
-        plan = TrainPlan(ModelConfig(name=model_name), optim, loader,
-                         RunConfig(seed=seed, device=device, amp=bool(amp), compile=compile_, exact=exact,
-                                   sync_bn=sync_bn, out=str(out), recipe=recipe))
+        plan = make_plan(model_name, recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
+                         balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
+                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out)
     summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
     best = summary["best"]
     if summary["rank"] != 0:

@@ -294,7 +294,8 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
     from .loader import DataWait, DeviceTransform, create_loader
     from .shard_format import open_set
     from .config import OptimConfig
-    from .train import Precision, configure_cuda, make_optimizer
+    from .optim import make_optimizer
+    from .runtime import Precision, configure_cuda
 
     if device.type == "cuda":
         configure_cuda(exact=False)  # as train does by default

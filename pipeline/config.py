@@ -187,6 +187,74 @@ class RunConfig:
     exact: bool = False  # CUDA: no cuDNN autotune, no TF32, deterministic cuDNN (bit-exact reruns)
 
 
+@dataclass(frozen=True)
+class TrainPlan:
+    """Everything one run is made of, saved into every checkpoint."""
+
+    model: ModelConfig
+    optim: OptimConfig
+    loader: LoaderConfig
+    run: RunConfig
+
+    def to_dict(self) -> dict:
+        return {k: to_dict(getattr(self, k)) for k in ("model", "optim", "loader", "run")}
+
+
+RECIPES = ("default", "notebook")
+
+
+def recipe(name: str, model: str) -> tuple[OptimConfig, dict]:
+    """(optimiser config, loader overrides) of a named recipe.
+
+    ``notebook`` is the chosen model's notebook exactly: Adam at its lr,
+    batch 32, its epoch count, constant lr, no smoothing, no augmentation.
+    ``default`` is the best measured here (BENCHMARKS.md): AdamW with a
+    one-cycle schedule, label smoothing .1, batch 128, flip + crop augmentation.
+    """
+    from model import NOTEBOOK_RECIPES  # torch-free: the model package's table
+
+    if name == "notebook":
+        if model not in NOTEBOOK_RECIPES:
+            raise ConfigError(f"{model} is not a notebook's network, so it has no notebook recipe; "
+                              f"use --recipe default")
+        nb = NOTEBOOK_RECIPES[model]
+        return (OptimConfig(optimizer="adam", lr=nb["lr"], weight_decay=0.0, schedule="constant",
+                            label_smoothing=0.0, epochs=nb["epochs"]),
+                {"batch_size": nb["batch_size"], "augment": False, "seed": nb["seed"]})
+    if name == "default":
+        return OptimConfig(), {"batch_size": 128, "augment": True}
+    raise ConfigError(f"unknown recipe {name!r}; choose one of {RECIPES}")
+
+
+def make_plan(model: str = "bart", recipe_name: str = "default", *, epochs: Optional[int] = None,
+              batch_size: Optional[int] = None, lr: Optional[float] = None, seed: Optional[int] = None,
+              augment: Optional[bool] = None, balance: Optional[float] = None, workers: Optional[int] = None,
+              cache: str = "auto", device: str = "auto", amp: bool = False, compile: bool = False,
+              exact: bool = False, sync_bn: bool = False, out: Optional[str] = None) -> TrainPlan:
+    """The one place a run's configuration is made: a named recipe for a model, then overrides.
+
+    Args:
+        model: ``bart``, ``cnn4conv`` or ``resnet``.
+        recipe_name: ``default`` (the best measured here) or ``notebook`` (the model's notebook exactly).
+        epochs, batch_size, lr, seed, augment, balance: override the recipe's (None keeps it).
+        workers: DataLoader workers per process (None: cores / local ranks).
+        cache, device, amp, compile, exact, sync_bn: how it runs (see :class:`RunConfig`, :class:`LoaderConfig`).
+        out: run folder (default ``runs/MODEL-RECIPE``).
+
+    Raises:
+        ConfigError: an unknown recipe, or a value out of its range.
+    """
+    optim, loader_kw = recipe(recipe_name, model)
+    optim = dataclasses.replace(optim, **{k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
+    seed = loader_kw.pop("seed", 42) if seed is None else seed
+    loader_kw.update({k: v for k, v in (("batch_size", batch_size), ("augment", augment), ("balance", balance))
+                      if v is not None})
+    loader = LoaderConfig(**loader_kw, seed=seed, workers=workers, cache=cache)
+    run = RunConfig(seed=seed, device=device, amp=amp, compile=compile, exact=exact, sync_bn=sync_bn,
+                    out=str(out or f"runs/{model}-{recipe_name}"), recipe=recipe_name)
+    return TrainPlan(ModelConfig(name=model), optim, loader, run)
+
+
 def to_dict(cfg: Any) -> dict:
     """A config as a plain JSON-able dict."""
     return dataclasses.asdict(cfg)

@@ -24,7 +24,8 @@ from .decode import DecodeError, decode_file
 from .discover import IMAGE_EXTENSIONS, DatasetError, discover, printable
 from .loader import DeviceTransform
 from .shard_format import open_set
-from .train import accuracy_f1, resolve_device
+from .metrics import accuracy_f1
+from .runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 

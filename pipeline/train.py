@@ -19,27 +19,28 @@ import csv
 import io
 import json
 import logging
-import math
 import signal
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 from tqdm import tqdm
 
-from model import NOTEBOOK_RECIPES, count_parameters, create_model
+from model import count_parameters, create_model
 from . import distributed as dd
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
-from .config import LoaderConfig, ModelConfig, OptimConfig, RunConfig, check_image_size, from_dict, to_dict
-from .env import cpu_has_fast_bf16
+from .config import (LoaderConfig, ModelConfig, OptimConfig, RunConfig, TrainPlan, check_image_size, from_dict,
+                     to_dict)
 from .errors import FolderLock, UserError, write_text
 from .loader import DataWait, DeviceTransform, create_loader
+from .metrics import accuracy_f1, evaluate_batches
+from .optim import lr_at, make_optimizer, set_lr
+from .runtime import Precision, configure_cuda, resolve_device
 from .shard_format import ShardSet, open_set
 
 logger = logging.getLogger(__name__)
@@ -50,205 +51,6 @@ SMALL_CLASS = 150  # images; macro-F1 of the classes under this is reported apar
 
 class TrainingError(UserError):
     """A run that cannot start or must stop (mismatch, divergence)."""
-
-
-@dataclass(frozen=True)
-class TrainPlan:
-    """Everything one run is made of, saved into every checkpoint."""
-
-    model: ModelConfig
-    optim: OptimConfig
-    loader: LoaderConfig
-    run: RunConfig
-
-    def to_dict(self) -> dict:
-        return {k: to_dict(getattr(self, k)) for k in ("model", "optim", "loader", "run")}
-
-
-def recipe(name: str, model: str) -> tuple[OptimConfig, dict]:
-    """(optimiser config, loader overrides) of a named recipe.
-
-    ``notebook`` is the chosen model's notebook exactly: Adam at its lr,
-    batch 32, its epoch count, constant lr, no smoothing, no augmentation.
-    ``default`` is the best measured here (BENCHMARKS.md): AdamW with a
-    one-cycle schedule, label smoothing .1, batch 128, flip + crop augmentation.
-    """
-    if name == "notebook":
-        if model not in NOTEBOOK_RECIPES:
-            raise TrainingError(f"{model} is not a notebook's network, so it has no notebook recipe; "
-                                f"use --recipe default")
-        nb = NOTEBOOK_RECIPES[model]
-        return (OptimConfig(optimizer="adam", lr=nb["lr"], weight_decay=0.0, schedule="constant",
-                            label_smoothing=0.0, epochs=nb["epochs"]),
-                {"batch_size": nb["batch_size"], "augment": False, "seed": nb["seed"]})
-    if name == "default":
-        return OptimConfig(), {"batch_size": 128, "augment": True}
-    raise TrainingError(f"unknown recipe {name!r}; choose default or notebook")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda but no CUDA device is visible; use --device cpu")
-    return torch.device(name)
-
-
-def amp_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
-    """The autocast dtype, or None for fp32.
-
-    CUDA: bf16 where the GPU runs it natively (Ampere and later; V100 and T4
-    only emulate it, slower than fp16), else fp16 + GradScaler.
-    CPU: bf16 when the CPU runs it natively (measured 2.2x fp32 for BART at
-    64 px on an AVX512-BF16 EPYC), else a warning and fp32.
-    """
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
-    if cpu_has_fast_bf16():
-        return torch.bfloat16
-    logger.warning("--amp: this CPU has no native bf16, so autocast would be slower; training in fp32")
-    return None
-
-
-class Precision:
-    """The AMP policy, written once for training and the bench.
-
-    One autocast context (``dtype`` from :func:`amp_dtype`; disabled for
-    fp32) and a ``GradScaler`` enabled only for fp16.
-    """
-
-    def __init__(self, device: torch.device, amp: bool) -> None:
-        self.device_type = device.type
-        self.dtype = amp_dtype(device, amp)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-
-    @property
-    def name(self) -> str:
-        return str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
-
-    def autocast(self):
-        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
-
-    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-             label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """One optimizer step on (x, y): (loss, logits, applied).
-
-        ``applied`` is a device bool tensor, False where the fp16 GradScaler
-        skipped the step for inf/nan gradients (None when no scaler runs):
-        such a step changed no weight, so a NaN check must not count it.
-        Nothing here waits for the device (fused AdamW takes the scaler's
-        inf flag on the GPU).
-        """
-        with self.autocast():
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-        applied = None
-        if self.scaler.is_enabled():
-            found = getattr(self.scaler, "_found_inf_per_device", None)  # before update() resets it
-            if found is not None:
-                flags = list(found(optimizer).values())
-                applied = sum(flags) == 0 if flags else None
-        self.scaler.update()
-        return loss, logits, applied
-
-
-def configure_cuda(exact: bool) -> None:
-    """cuDNN autotune and TF32 matmul/conv on CUDA, unless ``exact`` (bit-exact reruns).
-
-    Autotune picks the fastest conv algorithm per shape (fixed shapes here:
-    one per batch size); TF32 runs fp32 matmuls/convs on tensor cores with
-    a 10-bit mantissa, as fp32 training usually tolerates.
-    """
-    torch.backends.cudnn.benchmark = not exact
-    torch.backends.cudnn.deterministic = exact
-    torch.backends.cuda.matmul.allow_tf32 = not exact
-    torch.backends.cudnn.allow_tf32 = not exact
-
-
-def make_optimizer(o: OptimConfig, params, device: torch.device) -> torch.optim.Optimizer:
-    """Adam or AdamW; fused (one kernel for all parameters, no host sync under a GradScaler) on CUDA."""
-    kw = {"fused": True} if device.type == "cuda" else {}
-    if o.optimizer == "adam":
-        return torch.optim.Adam(params, lr=o.lr, **kw)
-    return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, **kw)
-
-
-def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray, classes: Optional[list[int]] = None) -> tuple[float, float]:
-    """Accuracy and macro-F1 of predicted labels (both 0.0 for no samples).
-
-    The macro-F1 averages over the classes present in ``y_true`` (or over
-    ``classes`` when given, those of them present): a prediction into a
-    class absent from the evaluated data lowers the F1 of the true class
-    (a miss) but adds no zero-F1 class of its own.
-    """
-    if not len(y_true):
-        return 0.0, 0.0
-    present = sorted(set(y_true.tolist()))
-    labels = present if classes is None else [c for c in classes if c in set(present)]
-    f1 = float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)) if labels else 0.0
-    return float((y_pred == y_true).mean()), f1
-
-
-def evaluate_batches(model: nn.Module, loader, transform: DeviceTransform, autocast,
-                     label_smoothing: float = 0.0, ctx: Optional[dd.DistContext] = None) -> dict:
-    """Loss, accuracy and macro-F1 of ``model`` over a loader (no grad).
-
-    Under torchrun each rank scores its part of the split and the
-    predictions are gathered, so every rank reports the whole split's metrics.
-    """
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    preds, trues = [], []
-    with torch.no_grad():
-        for xb, yb in loader:
-            with autocast():
-                logits = model(transform(xb))
-            loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum",
-                                                    label_smoothing=label_smoothing).double().cpu()
-            preds.append(logits.argmax(1).cpu())
-            trues.append(yb.cpu())
-    y_pred = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
-    y_true = torch.cat(trues).numpy() if trues else np.zeros(0, dtype=np.int64)
-    if ctx is not None and ctx.distributed:
-        parts = dd.gather_objects(ctx, (y_true.tolist(), y_pred.tolist(), float(loss_sum)))
-        y_true = np.array([v for p in parts for v in p[0]], dtype=np.int64)
-        y_pred = np.array([v for p in parts for v in p[1]], dtype=np.int64)
-        loss_sum = torch.tensor(sum(p[2] for p in parts), dtype=torch.float64)
-    acc, f1 = accuracy_f1(y_true, y_pred)
-    return {"loss": float(loss_sum) / max(1, len(y_true)), "acc": acc, "f1": f1, "y_true": y_true, "y_pred": y_pred}
-
-
-def lr_at(o: OptimConfig, step: int, total: int) -> tuple[float, Optional[float]]:
-    """(learning rate, Adam beta1 or None) for optimizer step ``step`` (0-based) of ``total``.
-
-    ``onecycle`` is PyTorch's ``OneCycleLR`` (cosine, pct_start .25,
-    div_factor 20, final_div_factor 200, beta1 cycled .95 -> .85 -> .95),
-    the same float expressions, so it gives the same numbers; written as a
-    pure function of (step, total) because then the position in the run is
-    the whole schedule state: resume needs nothing else, a longer run
-    rebuilds it for the new total, and a tiny schedule (a 1-step warm-up)
-    or a step past the end cannot crash it.
-    """
-    if o.schedule == "constant":
-        return o.lr, None
-    total = max(1, total)
-    step = min(step, total)
-    initial = o.lr / 20.0
-    phases = ((float(0.25 * total) - 1, initial, o.lr, 0.95, 0.85),
-              (total - 1, o.lr, initial / 200.0, 0.85, 0.95))
-    start = 0.0
-    for i, (end, lr0, lr1, m0, m1) in enumerate(phases):
-        if step <= end or i == len(phases) - 1:
-            pct = (step - start) / (end - start) if end > start else 1.0
-            cos = math.cos(math.pi * pct) + 1
-            return lr1 + (lr0 - lr1) / 2.0 * cos, m1 + (m0 - m1) / 2.0 * cos
-        start = end
-    raise AssertionError("unreachable")
 
 
 # What a resumed run must share with its checkpoint (the rest, such as the
@@ -564,11 +366,7 @@ class Trainer:
         step = first
         with _sync_debug(self.sync_debug if dev.type == "cuda" else None):
             for xb, yb in batches:
-                lr, beta1 = lr_at(o, epoch * self.steps + step, o.epochs * self.steps)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
-                    if beta1 is not None:
-                        g["betas"] = (beta1, *g["betas"][1:])
+                set_lr(self.optimizer, o, epoch * self.steps + step, o.epochs * self.steps)
                 x = self.transform(xb, augment=self.plan.loader.augment)
                 loss, logits, applied = prec.step(self.fwd, self.optimizer, x, yb, o.label_smoothing)
                 loss = loss.detach().double()

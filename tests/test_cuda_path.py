@@ -11,7 +11,8 @@ from pipeline import shard_format as sf
 from pipeline import train as train_mod
 from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
 from pipeline.loader import BatchLoader, create_loader
-from pipeline.train import TrainingError, TrainPlan, amp_dtype, train
+from pipeline.runtime import amp_dtype
+from pipeline.train import TrainingError, TrainPlan, train
 
 
 @pytest.mark.parametrize("cache,workers", [("ram", 0), ("device", 0), ("none", 0), ("none", 2)])
@@ -49,9 +50,7 @@ def test_drop_last_gives_whole_batches_and_says_how_many_are_left_out(easy_shard
     assert sizes == [10] * (len(split) // 10) and ld.sampler.dropped() == len(split) % 10 > 0
 
 
-def test_one_worker_default_per_process_for_library_and_cli(monkeypatch):
-    import cli  # noqa: F401  (the CLI resolves --workers with the same function)
-
+def test_one_worker_default_per_process(monkeypatch):  # the CLI's --workers default is the same function
     monkeypatch.setattr(env, "cpu_count", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert env.default_workers() == 2 and LoaderConfig().workers == 2

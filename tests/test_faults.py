@@ -24,13 +24,15 @@ from PIL import Image
 
 import cli
 from pipeline import preprocess as pp
+from pipeline import runtime
 from pipeline import shard_format as sf
 from pipeline import train as train_mod
 from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
 from pipeline.errors import FolderLock
 from pipeline.preprocess import preprocess
-from pipeline.train import TrainingError, TrainPlan, lr_at, train
+from pipeline.optim import lr_at
+from pipeline.train import TrainingError, TrainPlan, train
 from tests.conftest import make_class_tree, make_easy_set
 
 KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1")
@@ -114,7 +116,7 @@ def test_resume_on_another_precision_and_another_machine(easy_shards, tmp_path, 
     ck["precision"] = "bfloat16"                                  # trained where bf16 is native
     ck["rng"][0]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]   # on a machine with a GPU
     torch.save(ck, out / "last.pt")
-    monkeypatch.setattr(train_mod, "cpu_has_fast_bf16", lambda: False)  # this one has neither
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)  # this one has neither
     said = []
     s = train(easy_shards, plan(out, epochs=2, amp=True), resume=out / "last.pt", say=said.append)
     assert s["amp"] == "fp32" and [h["epoch"] for h in s["history"]] == [1, 2]

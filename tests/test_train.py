@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from pipeline import train as train_mod
+from pipeline import runtime
 from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
 from pipeline.evaluate import Classifier, evaluate_shards, predict_paths
 from pipeline.preprocess import preprocess
@@ -63,7 +63,7 @@ def test_same_seed_same_loss_curve_and_resume_equals_uninterrupted(easy_shards, 
 
 def test_cpu_amp_path_runs(easy_shards, tmp_path):
     s = train(easy_shards, _plan(tmp_path, epochs=1, model="bart", amp=True))
-    assert s["amp"] == ("bfloat16" if train_mod.cpu_has_fast_bf16() else "fp32")
+    assert s["amp"] == ("bfloat16" if runtime.cpu_has_fast_bf16() else "fp32")
     assert np.isfinite(s["history"][0]["train_loss"])
 
 
