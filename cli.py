@@ -375,12 +375,14 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     rates = ld["images_per_s"]
     click.echo("\n2. one epoch of loading           images/s")
     for key, label in (("project_dataloader", "project DataLoader (shards)"), ("project_resident", "project resident"),
+                       ("per_sample_dataset", "per-sample Dataset + torch"),
                        ("notebook_loader", "notebooks' loader (float32)"), ("decode_every_epoch", "decode every epoch"),
                        ("memory_limit_numpy", "memory limit, numpy gather"),
                        ("memory_limit_torch", "memory limit, torch gather")):
         click.echo(f"   {label:<29} {rates[key]:10.0f}")
     click.echo(f"   DataLoader / notebooks'       {ld['dataloader_vs_notebook']:9.2f}x")
     click.echo(f"   DataLoader / decode-every     {ld['dataloader_vs_decode']:9.2f}x")
+    click.echo(f"   per-sample / DataLoader       {100 * ld['per_sample_vs_dataloader']:9.1f}%")
     click.echo(f"   resident / memory limit       {100 * ld['resident_vs_memory_limit']:9.1f}%")
     click.echo(f"\n3. {model_name} training step      compute img/s  end-to-end img/s  data wait")
     for key, t in r["training"].items():

@@ -8,7 +8,9 @@ Stages, all on the same images at the same size and worker count:
    (the same reduced-size decode + resize on every worker, with no hashing,
    statistics or shards, nothing kept); each runs in a fresh process so its
    peak memory (ru_maxrss) is its own.
-2. one epoch of loading: the project's DataLoader path and resident path vs
+2. one epoch of loading: the project's DataLoader path and resident path
+   (and the convenient per-sample ``ShardDataset`` with a plain torch
+   DataLoader, so a user sees what each path costs) vs
    the notebooks' loader (in-RAM uint8 array, a Dataset making float32 CHW
    per sample, batch 32, shuffle) vs a loader that decodes every JPEG every
    epoch (ImageFolder-style, same workers) vs the memory limit (random
@@ -181,6 +183,7 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
     from torch.utils.data import DataLoader, Dataset
 
     from .config import LoaderConfig
+    from .dataset import ShardDataset
     from .loader import create_loader
     from .shard_format import open_set
 
@@ -213,9 +216,11 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
             return seen
         return one_epoch
 
-    streaming = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="none"),
+    # reuse_buffers: each batch is consumed before the next, as in train (no copy out of the ring)
+    streaming = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="none",
+                                                  reuse_buffers=True),
                               device=device, train=True)
-    resident = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=0,
+    resident = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=0, reuse_buffers=True,
                                                  cache="device" if device.type == "cuda" else "ram"),
                              device=device, train=True)
 
@@ -227,6 +232,17 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
             return torch.from_numpy(images[i].transpose(2, 0, 1).astype(np.float32) / 255.0), int(split.labels[i])
 
     nb = DataLoader(NotebookDataset(), batch_size=32, shuffle=True)
+    # The convenient path: the per-sample ShardDataset with a plain torch DataLoader (default collate,
+    # the project's batch size and workers), uint8 on the device as the fast paths deliver it.
+    per_sample = DataLoader(ShardDataset(split), batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
+                            persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
+
+    def per_sample_epoch() -> int:
+        seen = 0
+        for x, _ in per_sample:
+            x.to(device, non_blocking=True)
+            seen += len(x)
+        return seen
 
     # The memory limit: random batch gathers from one in-RAM uint8 array, by
     # the faster of numpy (one thread) and torch.index_select (all threads).
@@ -246,6 +262,7 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
         return batches * cfg.batch_size
 
     contenders = {"project_dataloader": epochs_of(streaming), "project_resident": epochs_of(resident),
+                  "per_sample_dataset": per_sample_epoch,
                   "notebook_loader": lambda: sum(len(x) for x, _ in nb),
                   "memory_limit_numpy": gather_numpy, "memory_limit_torch": gather_torch}
     for fn in contenders.values():
@@ -279,6 +296,7 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
         "images_per_s": res,
         "rounds": rounds,
         "dataloader_vs_notebook": within("project_dataloader", "notebook_loader"),
+        "per_sample_vs_dataloader": within("per_sample_dataset", "project_dataloader"),
         "dataloader_vs_decode": res["project_dataloader"] / res["decode_every_epoch"],
         "resident_vs_memory_limit": within("project_resident", "memory_limit_gather"),
     }
@@ -302,7 +320,8 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
     split = open_set(shards).split("train")
     tf = DeviceTransform(split.mean, split.std, device, channels_last=True)
     # One loader for both variants: with cache=auto it holds the split in RAM.
-    loader = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="auto"),
+    loader = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=cfg.workers, cache="auto",
+                                               reuse_buffers=True),
                            device=device, train=True)
     out = {}
     for amp in (False, True):

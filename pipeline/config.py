@@ -109,6 +109,8 @@ class LoaderConfig:
         prefetch_factor: batches in flight per worker.
         seed: the epoch order is a function of (seed, epoch) alone.
         drop_last: training epochs of whole batches only (set by ``--compile``).
+        reuse_buffers: CPU batches may share memory with later ones (saves a
+            copy; for loops done with a batch before the next, as ``train``).
     """
 
     batch_size: int = 128
@@ -119,6 +121,7 @@ class LoaderConfig:
     prefetch_factor: int = 4
     seed: int = 42
     drop_last: bool = False
+    reuse_buffers: bool = False
 
     def __post_init__(self) -> None:
         check_range("batch_size", self.batch_size, 1, 65536)

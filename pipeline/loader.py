@@ -30,6 +30,7 @@ every epoch boundary; a jump to another epoch starts a fresh stream.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -283,18 +284,28 @@ def _seed_worker(worker_id: int) -> None:
 
 
 class BatchLoader:
-    """Uint8 NHWC batches of one split, on the target device.
+    """Batches of one split, on the target device: the fast path.
 
     Built by :func:`create_loader`; iterate it once per epoch after
-    :meth:`set_epoch`. Yields ``(images uint8 (B, H, W, 3), labels int64)``
-    already on ``device``. On CPU a batch's memory is reused a few batches
-    later (three in RAM mode, ``prefetch_factor + 2`` when streaming), so a
-    consumer that keeps batches (a list of them) must ``clone()`` them.
+    :meth:`set_epoch`. Yields ``(images, labels int64)`` already on
+    ``device``: images uint8 (B, H, W, 3), or with a ``transform`` its
+    output (:class:`DeviceTransform`: normalised float NCHW, augmented on
+    the device when training).
+
+    Batches are safe to keep. ``cfg.reuse_buffers`` opts in to reusing CPU
+    batch memory a few batches later (three in RAM mode, ``prefetch_factor
+    + 2`` when streaming), which saves a copy per batch: for a loop that is
+    done with each batch before asking for the next, as ``train`` is.
+
+    :meth:`state_dict` / :meth:`load_state_dict` resume mid-epoch exactly:
+    the first batch after a resume is the one that would have come next.
     """
 
     def __init__(self, split: SplitSet, cfg: LoaderConfig, device: torch.device, mode: str,
-                 sampler: EpochBatchSampler) -> None:
+                 sampler: EpochBatchSampler, transform: Optional["DeviceTransform"] = None) -> None:
         self.split, self.cfg, self.device, self.mode, self.sampler = split, cfg, device, mode, sampler
+        self.transform = transform
+        self._handed = 0  # batches of the current epoch handed out so far
         self.labels = torch.from_numpy(split.labels)
         self._loader: Optional[DataLoader] = None
         self._images: Optional[torch.Tensor] = None
@@ -310,6 +321,8 @@ class BatchLoader:
             self._ring = [torch.empty((cfg.batch_size,) + tuple(images.shape[1:]), dtype=torch.uint8)
                           for _ in range(3 if mode == "ram" and device.type != "cuda" else 0)]
         else:
+            self._ring = []
+        if mode not in ("ram", "device"):
             cuda = device.type == "cuda"
             workers = cfg.workers
             ring = cfg.prefetch_factor + 2
@@ -332,6 +345,21 @@ class BatchLoader:
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """The next iteration reads ``epoch``, from batch ``start_batch`` on."""
         self.sampler.set_epoch(epoch, start_batch)
+        self._handed = start_batch
+
+    def state_dict(self) -> dict:
+        """Where the loader stands: ``{"epoch", "batch"}`` (batches of that epoch handed out), and
+        the transform's augmentation RNG. Plain data: it goes into a ``weights_only`` checkpoint."""
+        state = {"epoch": self.sampler.epoch, "batch": self._handed}
+        if self.transform is not None:
+            state["augment_rng"] = self.transform.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`: the next iteration yields the rest of that epoch."""
+        self.set_epoch(int(state["epoch"]), int(state["batch"]))
+        if self.transform is not None and "augment_rng" in state:
+            self.transform.generator.set_state(state["augment_rng"])
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -353,6 +381,18 @@ class BatchLoader:
         return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # CPU batches from a reused buffer are copied out unless the consumer opted in to reuse
+        keep = self.device.type != "cuda" and not self.cfg.reuse_buffers and self.mode != "device"
+        train = self.sampler.shuffle
+        for x, y in self._batches():
+            self._handed += 1
+            if self.transform is not None:
+                x = self.transform(x, augment=train)  # a new tensor: nothing shared
+            elif keep and (self._ring or (self._loader is not None and self.cfg.workers > 0)):
+                x = x.clone()
+            yield x, y
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         nb = self.device.type == "cuda"
         b = self.cfg.batch_size
         idx = self.epoch_indices()
@@ -432,23 +472,40 @@ def resolve_cache(cache: str, split: SplitSet, device: torch.device) -> str:
     return "ram" if nbytes < 0.3 * avail else "none"
 
 
-def create_loader(split: SplitSet, cfg: LoaderConfig, *, device: torch.device, train: bool,
-                  rank: int = 0, world_size: int = 1) -> BatchLoader:
-    """Build the loader for one split.
+def create_loader(split: SplitSet, cfg: Optional[LoaderConfig] = None, *, device="cpu", train: bool = True,
+                  rank: Optional[int] = None, world_size: Optional[int] = None,
+                  transform: Optional["DeviceTransform"] = None, **options) -> BatchLoader:
+    """The fast batch loader for one split.
 
     Args:
-        split: an opened split (``shard_format.open_split``).
-        cfg: batch size, workers, cache mode, balance, seed.
-        device: where batches are delivered.
-        train: shuffled (and balanced if asked); else in order.
-        rank, world_size: this process's part of every epoch.
+        split: an opened split (``open_set(root).split("train")``).
+        cfg: batch size, workers, cache mode, balance, seed, ...; or give
+            those as keyword ``options`` (``batch_size=64, cache="ram"``),
+            which override ``cfg``. Defaults: batch 128, workers = cores /
+            processes on this node, ``cache="auto"``, seed 42.
+        device: where batches are delivered (``"cuda"``, ``"cpu"`` or a torch.device).
+        train: shuffled by (seed, epoch) (and balanced if asked); else in order.
+        rank, world_size: this process's part of every epoch; by default
+            taken from ``torch.distributed`` when a process group is up.
+        transform: e.g. ``DeviceTransform(mean, std, device)``: batches come
+            out normalised (and, for training, augmented) on the device.
+
+    Raises:
+        ConfigError: an option out of its range.
     """
+    cfg = dataclasses.replace(cfg or LoaderConfig(), **options) if options else (cfg or LoaderConfig())
+    device = torch.device(device)
+    if rank is None or world_size is None:
+        dist = torch.distributed
+        up = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if up and rank is None else (rank or 0)
+        world_size = dist.get_world_size() if up and world_size is None else (world_size or 1)
     sampler = EpochBatchSampler(split.offsets, split.labels, cfg.batch_size, seed=cfg.seed, rank=rank,
                                 world_size=world_size, shuffle=train, balance=cfg.balance if train else 0.0,
                                 drop_last=train and cfg.drop_last)
     mode = resolve_cache(cfg.cache, split, device)
     logger.info("loader: %d images, cache=%s, workers=%d", len(split), mode, cfg.workers)
-    return BatchLoader(split, cfg, device, mode, sampler)
+    return BatchLoader(split, cfg, device, mode, sampler, transform)
 
 
 class DeviceTransform:
@@ -465,9 +522,17 @@ class DeviceTransform:
         device: where batches live.
         channels_last: keep the NHWC memory layout (faster convs on CUDA).
         seed: seeds the augmentation generator.
+        augment: what ``augment=True`` applies: ``"flip-crop"`` (the above),
+            None (nothing), or a callable on the normalised float NCHW batch
+            that returns the augmented batch.
     """
 
-    def __init__(self, mean, std, device: torch.device, channels_last: bool = False, seed: int = 0) -> None:
+    def __init__(self, mean, std, device="cpu", channels_last: bool = False, seed: int = 0,
+                 augment="flip-crop") -> None:
+        if not (augment in (None, "none", "flip-crop") or callable(augment)):
+            raise ValueError(f"augment must be 'flip-crop', None or a callable, got {augment!r}")
+        self.policy = None if augment == "none" else augment
+        device = torch.device(device)
         mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
         std = torch.as_tensor(np.asarray(std), dtype=torch.float32)
         # x * scale - shift == (x / 255 - mean) / std, one fused pass
@@ -480,8 +545,8 @@ class DeviceTransform:
         x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last for free
         x = x.float() if self.channels_last else x.contiguous().float()
         x = x.mul_(self.scale).sub_(self.shift)
-        if augment:
-            x = self._augment(x)
+        if augment and self.policy is not None:
+            x = self._augment(x) if self.policy == "flip-crop" else self.policy(x)
         return x
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:

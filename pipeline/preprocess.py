@@ -39,21 +39,82 @@ import multiprocessing as mp
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from . import shard_format as sf
 from .config import PreprocessConfig, to_dict
-from .decode import DecodeError, decode_bytes
+from .decode import DecodeError, decode_bytes, decode_image
 from .discover import DatasetError, Discovery, discover
 from .errors import FolderLock, UserError, disk_errors
 from .env import cpu_count, environment
 from .split import shard_plan, stratified_split
 
 logger = logging.getLogger(__name__)
+
+@dataclass
+class Items:
+    """What a shard set is built from: one source per sample, in a fixed order.
+
+    Attributes:
+        names: what the shards and the skip/duplicate lists record per sample.
+        labels: class index per sample.
+        classes: class names.
+        sources: a path relative to ``root`` (str), encoded bytes, or an RGB array.
+        skipped: (name, reason) of what was passed over before decoding.
+        root: the folder paths are relative to ("" for absolute paths).
+    """
+
+    names: list[str]
+    labels: list[int]
+    classes: list[str]
+    sources: list
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    root: str = ""
+    _fingerprint: str = ""
+
+    @classmethod
+    def from_discovery(cls, disc: Discovery) -> "Items":
+        rels = [rel for rel, _ in disc.files]
+        return cls(rels, [label for _, label in disc.files], list(disc.classes), rels, list(disc.skipped),
+                   str(disc.root))
+
+    @classmethod
+    def from_samples(cls, samples: Iterable, classes: list[str]) -> "Items":
+        index = {c: i for i, c in enumerate(classes)}
+        names, labels, sources = [], [], []
+        h = hashlib.sha256("\n".join(classes).encode())
+        for k, sample in enumerate(samples):
+            image, label, *name = sample
+            label = index.get(label, label) if isinstance(label, str) else int(label)
+            if not isinstance(label, int) or not 0 <= label < len(classes):
+                raise DatasetError(f"sample {k}: label {sample[1]!r} is not one of the {len(classes)} classes")
+            if isinstance(image, (str, os.PathLike)):
+                source = os.path.abspath(image)
+                st = os.stat(source) if os.path.exists(source) else None
+                h.update(f"{source}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}".encode())
+            else:
+                source = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else np.asarray(image)
+                data = source if isinstance(source, bytes) else repr(source.shape).encode() + source.tobytes()
+                h.update(hashlib.sha256(data).digest())
+            names.append(str(name[0]) if name else (str(image) if isinstance(image, (str, os.PathLike))
+                                                    else f"sample-{k:06d}"))
+            labels.append(label)
+            sources.append(source)
+            h.update(f"\0{names[-1]}\0{label}\n".encode())
+        if not sources:
+            raise DatasetError("no samples given; write_set needs at least one (image, label)")
+        return cls(names, labels, list(classes), sources, _fingerprint=h.hexdigest())
+
+    def fingerprint(self) -> str:
+        """What the up-to-date test compares: content hashes (or path, size, mtime), names, labels, classes."""
+        return self._fingerprint
+
 
 _worker: dict = {}  # per-process state of the pool: config, staging fd, root
 
@@ -62,25 +123,43 @@ def _init_worker(cfg: PreprocessConfig, staging: str, root: str) -> None:
     _worker.update(cfg=cfg, fd=os.open(staging, os.O_RDWR), root=root)
 
 
-def _decode_task(task: tuple[int, list[str]]) -> tuple[int, list[tuple[str, Optional[str]]]]:
-    """Read, hash, decode and stage a run of consecutive files: (start, [(sha256, reason)]).
+def _read(source) -> tuple[bytes, Optional[np.ndarray]]:
+    """(bytes to hash, pixels already decoded or None) of one sample's source.
+
+    A ``str`` is a file (relative to the pool's root), ``bytes`` an encoded
+    image, an array decoded pixels (hashed with their shape).
+    """
+    if isinstance(source, str):
+        with open(os.path.join(_worker["root"], source), "rb") as fh:
+            return fh.read(), None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source), None
+    arr = np.asarray(source)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise DecodeError(f"not an HxWx3 uint8 array ({arr.dtype} {arr.shape})")
+    arr = np.ascontiguousarray(arr)
+    return repr(arr.shape).encode() + arr.tobytes(), arr
+
+
+def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[str]]]]:
+    """Read, hash, decode and stage a run of consecutive samples: (start, [(sha256, reason)]).
 
     The run's pixels go to the staging file in one ``pwrite`` (rows start..
     start+k are adjacent there), and one message per run crosses back to
     the main process: 32 files are ~15 ms of work, so IPC stays near 1%.
-    A failed file's row is left zero; it is never read.
+    A failed sample's row is left zero; it is never read.
     """
-    start, rels = task
+    start, sources = task
     cfg = _worker["cfg"]
-    buf = _buffer(len(rels), cfg.size)
+    buf = _buffer(len(sources), cfg.size)
     out = []
-    for j, rel in enumerate(rels):
+    for j, source in enumerate(sources):
         digest, reason = "", None
         try:
-            with open(os.path.join(_worker["root"], rel), "rb") as fh:
-                data = fh.read()
+            data, pixels = _read(source)
             digest = hashlib.sha256(data).hexdigest()
-            buf[j] = decode_bytes(data, cfg.size, cfg.fit, cfg.min_side)
+            buf[j] = (decode_bytes(data, cfg.size, cfg.fit, cfg.min_side) if pixels is None
+                      else decode_image(Image.fromarray(pixels, "RGB"), cfg.size, cfg.fit, cfg.min_side))
         except OSError as exc:
             reason = f"unreadable: {exc.strerror}"
         except DecodeError as exc:  # every decoder failure, bugs on hostile files included
@@ -225,12 +304,11 @@ class _Pool:
             os.close(_worker.pop("fd"))
 
 
-def _decode_all(disc: Discovery, pool: _Pool, progress: bool):
-    n = len(disc.files)
+def _decode_all(items: Items, pool: _Pool, progress: bool):
+    n = len(items.names)
     hashes = [""] * n
     reasons: list[Optional[str]] = [None] * n
-    rels = [rel for rel, _ in disc.files]
-    tasks = [(k, rels[k: k + 32]) for k in range(0, n, 32)]
+    tasks = [(k, items.sources[k: k + 32]) for k in range(0, n, 32)]
     with tqdm(total=n, desc="decode+resize", unit="img", disable=not progress, smoothing=0.05) as bar:
         for start, results in pool.imap_unordered(_decode_task, tasks):
             for j, (digest, reason) in enumerate(results):
@@ -294,10 +372,48 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
         DiskFullError: no space left on device (the previous set is kept).
     """
     t0 = time.perf_counter()
-    data_dir, out = Path(data_dir), Path(out)
-    disc = discover(data_dir)
+    disc = discover(Path(data_dir))
+    return _write(Items.from_discovery(disc), Path(out), cfg, disc.fingerprint(), str(Path(data_dir).resolve()),
+                  workers, force, progress, t0)
+
+
+def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: PreprocessConfig = PreprocessConfig(),
+              *, workers: Optional[int] = None, force: bool = False, progress: bool = False) -> dict:
+    """Build a shard set from any iterable of samples, exactly as ``preprocess`` does from folders.
+
+    The same decode (size, fit, minimum side, bomb guard), SHA-256 dedup,
+    stratified split, shard format, manifest, ownership and atomic commit:
+    ``preprocess`` is this function fed from a class-folder tree.
+
+    Args:
+        samples: ``(image, label)`` or ``(image, label, name)`` tuples. An
+            image is a file path, the bytes of an encoded file, or an
+            (H, W, 3) uint8 RGB array; a label is a class index or name; a
+            name is what the shards and skip lists record (default: the
+            path, or ``sample-000042``).
+        class_names: label -> class name.
+        out: the shard folder (created).
+        cfg: size, fit, split and shard options.
+        workers: decode processes (default: every CPU).
+        force: rebuild even when an identical set is there.
+        progress: tqdm bars on stderr.
+
+    Returns:
+        The manifest, with ``up_to_date`` as :func:`preprocess` gives it.
+
+    Raises:
+        DatasetError: no samples, or a label outside the classes.
+        UserError, DiskFullError: as :func:`preprocess`.
+    """
+    t0 = time.perf_counter()
+    items = Items.from_samples(samples, list(class_names))
+    return _write(items, Path(out), cfg, items.fingerprint(), "python samples", workers, force, progress, t0)
+
+
+def _write(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str, source: str,
+           workers: Optional[int], force: bool, progress: bool, t0: float) -> dict:
+    """The commit protocol around :func:`_build`: lock, leftovers, ownership, up-to-date test."""
     options = to_dict(cfg)
-    fingerprint = disc.fingerprint()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -317,63 +433,64 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
         build = out / BUILD
         build.mkdir()
         try:
-            manifest = _build(disc, cfg, build, workers, progress, t0)
-            manifest.update(fingerprint=fingerprint, options=options, source=str(data_dir.resolve()))
+            manifest = _build(items, cfg, build, workers, progress, t0)
+            manifest.update(fingerprint=fingerprint, options=options, source=source)
             _commit(out, build, manifest, owned)
         finally:
             shutil.rmtree(build, ignore_errors=True)
-    logger.info("preprocess: %d files -> %s in %.1f s", len(disc.files), out, manifest["timings"]["total_s"])
+    logger.info("preprocess: %d samples -> %s in %.1f s", len(items.names), out, manifest["timings"]["total_s"])
     return {**manifest, "up_to_date": False, "rebuilt_because": reason if old is not None else None}
 
 
-def _build(disc: Discovery, cfg: PreprocessConfig, build: Path, workers: Optional[int], progress: bool,
+def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[int], progress: bool,
            t0: float) -> dict:
     """Decode, split and write every shard into ``build``: the manifest to commit."""
     workers = max(1, workers or cpu_count())
     staging = build / "staging.u8"
     timings = {"discover_s": time.perf_counter() - t0}
     with disk_errors(staging), open(staging, "wb") as fh:
-        fh.truncate(len(disc.files) * cfg.size * cfg.size * 3)  # sparse until written; never in RAM
+        fh.truncate(len(items.names) * cfg.size * cfg.size * 3)  # sparse until written; never in RAM
     pool = None
     try:
-        pool = _Pool(workers, (cfg, str(staging), str(disc.root)))
+        pool = _Pool(workers, (cfg, str(staging), str(items.root)))
         t1 = time.perf_counter()
         with disk_errors(staging):
-            hashes, reasons = _decode_all(disc, pool, progress)
+            hashes, reasons = _decode_all(items, pool, progress)
         timings["decode_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        manifest = _write_set(disc, cfg, build, pool, hashes, reasons, progress)
+        manifest = _write_set(items, cfg, build, pool, hashes, reasons, progress)
     finally:
         if pool is not None:
             pool.close()
         staging.unlink(missing_ok=True)
     timings["write_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
-    timings["images_per_s"] = len(disc.files) / timings["total_s"]
+    timings["images_per_s"] = len(items.names) / timings["total_s"]
     manifest.update(timings=timings, workers=workers, environment=environment(with_torch=False))
     return manifest
 
 
-def _write_set(disc: Discovery, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons,
+def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons,
                progress: bool) -> dict:
-    labels_all = np.array([label for _, label in disc.files], dtype=np.int64)
-    skipped = [{"path": rel, "reason": why} for rel, why in disc.skipped]
-    skipped += [{"path": disc.files[i][0], "reason": r} for i, r in enumerate(reasons) if r]
+    labels_all = np.array(items.labels, dtype=np.int64)
+    skipped = [{"path": rel, "reason": why} for rel, why in items.skipped]
+    skipped += [{"path": items.names[i], "reason": r} for i, r in enumerate(reasons) if r]
     first: dict[str, int] = {}
     duplicates = []
     keep = []
-    for i, (rel, _) in enumerate(disc.files):
+    for i, rel in enumerate(items.names):
         if reasons[i]:
             continue
         if hashes[i] in first:
-            duplicates.append({"path": rel, "same_as": disc.files[first[hashes[i]]][0]})
+            duplicates.append({"path": rel, "same_as": items.names[first[hashes[i]]]})
             continue
         first[hashes[i]] = i
         keep.append(i)
     keep = np.array(keep, dtype=np.int64)
     if len(keep) == 0:
-        raise DatasetError(f"{disc.root}: none of the {len(disc.files)} files decoded; see the skip reasons")
-    num_classes = len(disc.classes)
+        raise DatasetError(f"{items.root or 'samples'}: none of the {len(items.names)} files decoded; "
+                           f"see the skip reasons")
+    num_classes = len(items.classes)
     tr, va, singles = stratified_split(labels_all[keep], num_classes, cfg.val_frac, cfg.seed)
     splits = {"train": keep[tr], "val": keep[va]}
     mean, std = mean_std(pool, np.sort(splits["train"]))  # sorted: sequential reads of the staging file
@@ -383,11 +500,11 @@ def _write_set(disc: Discovery, cfg: PreprocessConfig, out: Path, pool: _Pool, h
     tasks, meta = [], []
     for split, plan in plans.items():
         for k, rows in enumerate(plan):
-            attrs = {"class_names": disc.classes, "image_size": cfg.size, "fit": cfg.fit, "split": split,
+            attrs = {"class_names": items.classes, "image_size": cfg.size, "fit": cfg.fit, "split": split,
                      "seed": cfg.seed, "shard_index": k, "num_shards": len(plan),
                      "class_counts": class_counts[split], "mean": mean, "std": std}
             name = sf.shard_name(split, k)
-            tasks.append((out / name, rows, labels_all[rows], [disc.files[r][0] for r in rows],
+            tasks.append((out / name, rows, labels_all[rows], [items.names[r] for r in rows],
                           [hashes[r] for r in rows], attrs))
             meta.append({"file": name, "split": split, "count": len(rows),
                          "class_counts": np.bincount(labels_all[rows], minlength=num_classes).tolist()})
@@ -397,14 +514,14 @@ def _write_set(disc: Discovery, cfg: PreprocessConfig, out: Path, pool: _Pool, h
                    disable=not progress)
     entries = [{**m, "sha256": digest, "bytes": nbytes} for m, (digest, nbytes) in zip(meta, written)]
     if singles:
-        logger.warning("classes with one image (train only): %s", [disc.classes[c] for c in singles])
+        logger.warning("classes with one image (train only): %s", [items.classes[c] for c in singles])
     return {
         "format_version": sf.FORMAT_VERSION,
-        "class_names": disc.classes,
+        "class_names": items.classes,
         "counts": {s: int(len(idx)) for s, idx in splits.items()},
         "class_counts": class_counts,
-        "single_image_classes": [disc.classes[c] for c in singles],
-        "files_found": len(disc.files),
+        "single_image_classes": [items.classes[c] for c in singles],
+        "files_found": len(items.names),
         "skipped": skipped,
         "duplicates": duplicates,
         "mean": mean.tolist(),

@@ -217,14 +217,15 @@ class Trainer:
         self.optimizer = make_optimizer(plan.optim, self.model.parameters(), device)
         rk = {"rank": ctx.rank, "world_size": ctx.world_size}
         # --compile: whole batches only, so the graph is compiled for one shape
-        self.train_loader = create_loader(train_split, replace(plan.loader, drop_last=plan.run.compile),
-                                          device=device, train=True, **rk)
+        # reuse_buffers: each batch is done with (transformed into a new tensor) before the next is asked for
+        self.train_loader = create_loader(train_split, replace(plan.loader, drop_last=plan.run.compile,
+                                                               reuse_buffers=True), device=device, train=True, **rk)
         dropped = self.train_loader.sampler.dropped()
         if dropped:
             say(f"--compile: the last {dropped} training images of each epoch's order are left out "
                 f"(a partial batch would recompile)")
-        self.val_loader = (create_loader(val_split, replace(plan.loader, balance=0.0), device=device, train=False,
-                                         **rk) if len(val_split) else None)
+        self.val_loader = (create_loader(val_split, replace(plan.loader, balance=0.0, reuse_buffers=True),
+                                         device=device, train=False, **rk) if len(val_split) else None)
         self.steps = len(self.train_loader)
         self.transform = DeviceTransform(sset.mean, sset.std, device, True, seed=plan.loader.seed + 1_000_003 * ctx.rank)
         fwd = self.model

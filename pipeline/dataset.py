@@ -1,0 +1,79 @@
+"""A per-sample, map-style view of one split, for plain PyTorch code.
+
+``ShardDataset(split)[i] -> (uint8 tensor (3, H, W), int label)``: the
+convenient path. It works unchanged with ``torch.utils.data.DataLoader``
+(shuffle, ``num_workers > 0`` under fork or spawn) and with
+``DistributedSampler``, because it pickles as metadata only (shard paths,
+offsets, labels) and maps the shards lazily in each process that reads.
+
+It costs what per-sample loading always costs: a Python call, a tensor and
+a collate per image. Measured by ``python cli.py bench`` (BENCHMARKS.md),
+it delivers about a tenth of the images per second of the batch loader
+(:func:`pipeline.loader.create_loader`), which gathers a whole batch with
+one copy per shard run; use that one when the loader is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .shard_format import SplitSet
+
+
+class ShardDataset(Dataset):
+    """One split as ``(image, label)`` samples.
+
+    Args:
+        split: an opened split (``open_set(root).split("train")``).
+        transform: optional callable on the uint8 CHW tensor (e.g. a
+            torchvision-style transform); None returns it as stored.
+
+    Example::
+
+        ds = ShardDataset(open_set("shards").split("train"))
+        loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=2)
+    """
+
+    def __init__(self, split: SplitSet, transform=None) -> None:
+        self.shards = split.shards
+        self.offsets = np.asarray(split.offsets, dtype=np.int64)
+        self.labels = np.asarray(split.labels, dtype=np.int64)
+        self.class_names = list(split.class_names)
+        self.transform = transform
+        self._maps: Optional[list] = None
+        self._pid: Optional[int] = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self) -> dict:
+        # what crosses to a worker (spawn pickles the dataset): metadata, never a map
+        return {**self.__dict__, "_maps": None, "_pid": None}
+
+    def _shard(self, s: int) -> np.ndarray:
+        if self._pid != os.getpid():  # first read in this process: maps do not cross a fork
+            self._maps, self._pid = [None] * len(self.shards), os.getpid()
+        if self._maps[s] is None:
+            self._maps[s] = self.shards[s].images_map()
+        return self._maps[s]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        n = len(self)
+        i = int(i)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range for a split of {n} images")
+        i %= n
+        s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        row = self._shard(s)[i - self.offsets[s]]
+        with warnings.catch_warnings():  # the map is read-only; the copy below is what is returned
+            warnings.simplefilter("ignore", UserWarning)
+            image = torch.from_numpy(np.ascontiguousarray(row.transpose(2, 0, 1)))  # one copy, HWC -> CHW
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.labels[i])
