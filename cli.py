@@ -193,7 +193,7 @@ def verify(out: Path) -> None:
 
 
 # What --resume takes from the checkpoint; giving one of these with it is refused.
-RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment", "balance")
+RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment", "balance", "tta")
 
 
 @main.command()
@@ -219,6 +219,8 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
 @click.option("--balance", type=Finite(0, 1), is_flag=False, flag_value=1.0, default=None,
               help="Class-balanced sampling for the long tail: --balance (every class equally likely) or "
                    "--balance 0.5 (weights n_c^0.5) [default: recipe's].")
+@click.option("--tta/--no-tta", default=None,
+              help="Validate (and later predict) with each image and its mirror averaged [default: recipe's].")
 @click.option("--compile", "compile_", is_flag=True,
               help="torch.compile the model (training epochs then drop their last partial batch).")
 @click.option("--exact", is_flag=True,
@@ -230,7 +232,7 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
               help="Continue a run exactly from its last.pt or interrupted.pt (model and recipe come from it).")
 @click.pass_context
 def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment,
-          balance, compile_, exact, sync_bn, out, resume) -> None:
+          balance, tta, compile_, exact, sync_bn, out, resume) -> None:
     """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
 
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
@@ -256,7 +258,7 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
     else:
         plan = make_plan(model_name, recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
-                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out)
+                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta)
     summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
     best = summary["best"]
     if summary["rank"] != 0:
@@ -303,7 +305,9 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
                    f"{', '.join(rep['unknown_classes'])}")
     for f in rep.get("failed", []):
         click.echo(f"could not read {f['path']}: {f['reason']}", err=True)
-    click.echo(f"confusion matrix: {rep['confusion_matrix_png']}")
+    for w in rep["worst_confusions"][:5]:
+        click.echo(f"  confused {w['true']} -> {w['predicted']}: {w['count']} ({100 * w['share']:.0f}% of {w['true']})")
+    click.echo(f"confusion matrix: {rep['confusion_matrix_png']}; per-class table: {rep['per_class_csv']}")
     if json_path:
         json_path.write_text(json.dumps(rep, indent=2) + "\n")
 

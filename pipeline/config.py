@@ -188,6 +188,7 @@ class RunConfig:
     out: str = "runs/default"
     recipe: str = "default"
     exact: bool = False  # CUDA: no cuDNN autotune, no TF32, deterministic cuDNN (bit-exact reruns)
+    tta: bool = False  # validate and predict with the mean logits of each image and its mirror
 
 
 @dataclass(frozen=True)
@@ -233,13 +234,14 @@ def make_plan(model: str = "bart", recipe_name: str = "default", *, epochs: Opti
               batch_size: Optional[int] = None, lr: Optional[float] = None, seed: Optional[int] = None,
               augment: Optional[bool] = None, balance: Optional[float] = None, workers: Optional[int] = None,
               cache: str = "auto", device: str = "auto", amp: bool = False, compile: bool = False,
-              exact: bool = False, sync_bn: bool = False, out: Optional[str] = None) -> TrainPlan:
+              exact: bool = False, sync_bn: bool = False, out: Optional[str] = None,
+              tta: Optional[bool] = None) -> TrainPlan:
     """The one place a run's configuration is made: a named recipe for a model, then overrides.
 
     Args:
         model: ``bart``, ``cnn4conv`` or ``resnet``.
         recipe_name: ``default`` (the best measured here) or ``notebook`` (the model's notebook exactly).
-        epochs, batch_size, lr, seed, augment, balance: override the recipe's (None keeps it).
+        epochs, batch_size, lr, seed, augment, balance, tta: override the recipe's (None keeps it).
         workers: DataLoader workers per process (None: cores / local ranks).
         cache, device, amp, compile, exact, sync_bn: how it runs (see :class:`RunConfig`, :class:`LoaderConfig`).
         out: run folder (default ``runs/MODEL-RECIPE``).
@@ -250,11 +252,13 @@ def make_plan(model: str = "bart", recipe_name: str = "default", *, epochs: Opti
     optim, loader_kw = recipe(recipe_name, model)
     optim = dataclasses.replace(optim, **{k: v for k, v in (("epochs", epochs), ("lr", lr)) if v is not None})
     seed = loader_kw.pop("seed", 42) if seed is None else seed
+    recipe_tta = loader_kw.pop("tta", False)
     loader_kw.update({k: v for k, v in (("batch_size", batch_size), ("augment", augment), ("balance", balance))
                       if v is not None})
     loader = LoaderConfig(**loader_kw, seed=seed, workers=workers, cache=cache)
     run = RunConfig(seed=seed, device=device, amp=amp, compile=compile, exact=exact, sync_bn=sync_bn,
-                    out=str(out or f"runs/{model}-{recipe_name}"), recipe=recipe_name)
+                    out=str(out or f"runs/{model}-{recipe_name}"), recipe=recipe_name,
+                    tta=recipe_tta if tta is None else tta)
     return TrainPlan(ModelConfig(name=model), optim, loader, run)
 
 

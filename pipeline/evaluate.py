@@ -22,9 +22,10 @@ from .checkpoint import CheckpointError, load_checkpoint, load_weights
 from .config import check_image_size
 from .decode import DecodeError, decode_file
 from .discover import IMAGE_EXTENSIONS, DatasetError, discover, printable
+from .errors import write_text
 from .loader import DeviceTransform
 from .shard_format import open_set
-from .metrics import accuracy_f1
+from .metrics import accuracy_f1, predict_logits
 from .runtime import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Classifier:
     fit: str
     device: torch.device
     min_side: int = 16
+    tta: bool = False  # test-time flip, as the run that made it validated
 
     @classmethod
     def from_checkpoint(cls, path: Path, device: str = "auto") -> "Classifier":
@@ -63,7 +65,8 @@ class Classifier:
         pre = ckpt.get("preprocess") or {}
         # the decode preprocess used, so inference sees what training saw (and skips what it skipped)
         return cls(model, list(ckpt["class_names"]), DeviceTransform(ckpt["mean"], ckpt["std"], dev, True),
-                   int(mcfg["image_size"]), pre.get("fit", "squash"), dev, int(pre.get("min_side", 16)))
+                   int(mcfg["image_size"]), pre.get("fit", "squash"), dev, int(pre.get("min_side", 16)),
+                   bool(ckpt["config"].get("run", {}).get("tta", False)))
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, C) for uint8 (N, H, W, 3) images."""
@@ -71,7 +74,8 @@ class Classifier:
         with torch.no_grad():
             for s in range(0, len(images), batch_size):
                 xb = torch.from_numpy(np.ascontiguousarray(images[s: s + batch_size])).to(self.device)
-                out.append(torch.softmax(self.model(self.transform(xb)).float(), 1).cpu().numpy())
+                logits = predict_logits(self.model, self.transform(xb), self.tta)
+                out.append(torch.softmax(logits.float(), 1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), dtype=np.float32)
 
     def predict(self, images: np.ndarray) -> list[str]:
@@ -88,7 +92,7 @@ class Classifier:
 
 
 def _report(clf: Classifier, y_true: np.ndarray, probs: np.ndarray, out_dir: Path, extra: dict) -> dict:
-    from .plots import plot_confusion
+    from .plots import plot_confusion, worst_confusions
 
     if not len(y_true):
         raise DatasetError(f"{extra['source']}: no images to evaluate")
@@ -103,10 +107,15 @@ def _report(clf: Classifier, y_true: np.ndarray, probs: np.ndarray, out_dir: Pat
     per_class = classification_report(y_true, y_pred, labels=present, target_names=names[: len(present)],
                                       output_dict=True, zero_division=0)
     accuracy, macro_f1 = accuracy_f1(y_true, y_pred)  # over the classes present in the data
-    return {"images": int(len(y_true)), "accuracy": accuracy, "macro_f1": macro_f1,
-            "per_class": {n: per_class[n] for n in names[: len(present)]},
+    table = {n: per_class[n] for n in names[: len(present)]}
+    rows = ["class,precision,recall,f1,support"] + [
+        f"{n},{r['precision']:.4f},{r['recall']:.4f},{r['f1-score']:.4f},{int(r['support'])}" for n, r in table.items()]
+    write_text(out_dir / "per_class.csv", "\n".join(rows) + "\n")
+    return {"images": int(len(y_true)), "accuracy": accuracy, "macro_f1": macro_f1, "per_class": table,
             "absent_predictions": {clf.class_names[c]: int((y_pred == c).sum()) for c in absent},
-            "confusion_matrix_png": str(out_dir / "confusion_matrix.png"), **extra}
+            "worst_confusions": worst_confusions(cm, names),
+            "confusion_matrix_png": str(out_dir / "confusion_matrix.png"),
+            "per_class_csv": str(out_dir / "per_class.csv"), **extra}
 
 
 def evaluate_shards(clf: Classifier, shards: Path, split: str, out_dir: Path) -> dict:

@@ -32,12 +32,20 @@ def accuracy_f1(y_true: np.ndarray, y_pred: np.ndarray, classes: Optional[list[i
     return float((y_pred == y_true).mean()), f1
 
 
+def predict_logits(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """``model(x)``, or with ``tta`` the mean of the logits of x and its mirror image
+    (test-time flip: the augmentation the model trained with, undone by averaging)."""
+    logits = model(x)
+    return (logits + model(x.flip(3))) / 2 if tta else logits
+
+
 def evaluate_batches(model: nn.Module, loader, transform, autocast,
-                     label_smoothing: float = 0.0, ctx: Optional[dd.DistContext] = None) -> dict:
+                     label_smoothing: float = 0.0, ctx: Optional[dd.DistContext] = None, tta: bool = False) -> dict:
     """Loss, accuracy and macro-F1 of ``model`` over a loader (no grad).
 
     Under torchrun each rank scores its part of the split and the
     predictions are gathered, so every rank reports the whole split's metrics.
+    ``tta`` scores the mean logits of each image and its mirror image.
     """
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -45,7 +53,7 @@ def evaluate_batches(model: nn.Module, loader, transform, autocast,
     with torch.no_grad():
         for xb, yb in loader:
             with autocast():
-                logits = model(transform(xb))
+                logits = predict_logits(model, transform(xb), tta)
             loss_sum += nn.functional.cross_entropy(logits.float(), yb, reduction="sum",
                                                     label_smoothing=label_smoothing).double().cpu()
             preds.append(logits.argmax(1).cpu())

@@ -56,7 +56,7 @@ class TrainingError(UserError):
 # What a resumed run must share with its checkpoint (the rest, such as the
 # device, workers, cache, precision and output folder, may change).
 _SAME_ON_RESUME = {"model": ("name",), "optim": ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing"),
-                   "loader": ("batch_size", "augment", "balance", "seed"), "run": ("seed", "recipe")}
+                   "loader": ("batch_size", "augment", "balance", "seed"), "run": ("seed", "recipe", "tta")}
 
 
 def resume_plan(ckpt: dict, epochs: Optional[int] = None, **run: object) -> TrainPlan:
@@ -311,7 +311,8 @@ class Trainer:
         val = {"loss": None, "acc": None, "f1": None}
         if self.val_loader is not None:
             self.val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
-            val = evaluate_batches(self.model, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx)
+            val = evaluate_batches(self.model, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx,
+                                   tta=self.plan.run.tta)
         small = None
         if self.val_loader is not None:
             small = accuracy_f1(val["y_true"], val["y_pred"], self.small_classes)[1] if self.small_classes else None

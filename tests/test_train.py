@@ -38,7 +38,7 @@ def test_training_lowers_the_loss_and_beats_chance(trained):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 4 and {"val_f1", "data_wait", "images_per_s"} <= rows[0].keys()
-    assert Image.open(out / "curves.png").size == (1200, 500)
+    assert Image.open(out / "curves.png").size == (1200, 560)
 
 
 def test_checkpoint_is_weights_only_and_complete(trained):
