@@ -219,6 +219,8 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
 @click.option("--balance", type=Finite(0, 1), is_flag=False, flag_value=1.0, default=None,
               help="Class-balanced sampling for the long tail: --balance (every class equally likely) or "
                    "--balance 0.5 (weights n_c^0.5) [default: recipe's].")
+@click.option("--minutes", type=Finite(0, 100_000), default=0.0,
+              help="Wall-time budget: stop before an epoch that would end past it (0: none).")
 @click.option("--tta/--no-tta", default=None,
               help="Validate (and later predict) with each image and its mirror averaged [default: recipe's].")
 @click.option("--compile", "compile_", is_flag=True,
@@ -232,7 +234,7 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
               help="Continue a run exactly from its last.pt or interrupted.pt (model and recipe come from it).")
 @click.pass_context
 def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment,
-          balance, tta, compile_, exact, sync_bn, out, resume) -> None:
+          balance, minutes, tta, compile_, exact, sync_bn, out, resume) -> None:
     """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
 
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
@@ -254,11 +256,12 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
         if ctx.get_parameter_source("shards") != click.core.ParameterSource.COMMANDLINE and ckpt.get("shards"):
             shards = Path(ckpt["shards"])  # the set it trained on (checked against it all the same)
         plan = resume_plan(ckpt, epochs=epochs, device=device, amp=amp, compile=compile_, exact=exact,
-                           sync_bn=sync_bn, out=str(out or resume.parent), workers=workers, cache=cache)
+                           sync_bn=sync_bn, out=str(out or resume.parent), workers=workers, cache=cache,
+                           minutes=minutes)
     else:
         plan = make_plan(model_name, recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
-                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta)
+                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes)
     summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
     best = summary["best"]
     if summary["rank"] != 0:

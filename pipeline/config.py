@@ -189,6 +189,7 @@ class RunConfig:
     recipe: str = "default"
     exact: bool = False  # CUDA: no cuDNN autotune, no TF32, deterministic cuDNN (bit-exact reruns)
     tta: bool = False  # validate and predict with the mean logits of each image and its mirror
+    minutes: float = 0.0  # wall-time budget: stop before an epoch that would end past it (0: none)
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def make_plan(model: str = "bart", recipe_name: str = "default", *, epochs: Opti
               augment: Optional[bool] = None, balance: Optional[float] = None, workers: Optional[int] = None,
               cache: str = "auto", device: str = "auto", amp: bool = False, compile: bool = False,
               exact: bool = False, sync_bn: bool = False, out: Optional[str] = None,
-              tta: Optional[bool] = None) -> TrainPlan:
+              tta: Optional[bool] = None, minutes: float = 0.0) -> TrainPlan:
     """The one place a run's configuration is made: a named recipe for a model, then overrides.
 
     Args:
@@ -245,6 +246,7 @@ def make_plan(model: str = "bart", recipe_name: str = "default", *, epochs: Opti
         workers: DataLoader workers per process (None: cores / local ranks).
         cache, device, amp, compile, exact, sync_bn: how it runs (see :class:`RunConfig`, :class:`LoaderConfig`).
         out: run folder (default ``runs/MODEL-RECIPE``).
+        minutes: wall-time budget; training stops before an epoch that would end past it (0: none).
 
     Raises:
         ConfigError: an unknown recipe, or a value out of its range.
@@ -258,7 +260,7 @@ def make_plan(model: str = "bart", recipe_name: str = "default", *, epochs: Opti
     loader = LoaderConfig(**loader_kw, seed=seed, workers=workers, cache=cache)
     run = RunConfig(seed=seed, device=device, amp=amp, compile=compile, exact=exact, sync_bn=sync_bn,
                     out=str(out or f"runs/{model}-{recipe_name}"), recipe=recipe_name,
-                    tta=recipe_tta if tta is None else tta)
+                    tta=recipe_tta if tta is None else tta, minutes=minutes)
     return TrainPlan(ModelConfig(name=model), optim, loader, run)
 
 

@@ -299,11 +299,27 @@ class Trainer:
                 if stop.requested and epoch + 1 < last:
                     self.say(f"interrupted after epoch {epoch + 1}; continue with --resume {self.out / 'last.pt'}")
                     raise KeyboardInterrupt
+                if self._over_budget(epoch) and epoch + 1 < last:
+                    self.say(f"time budget of {self.plan.run.minutes:g} min: stopping after epoch {epoch + 1} "
+                             f"(another would end past it); --resume {self.out / 'last.pt'} --epochs "
+                             f"{o.epochs} continues")
+                    break
         scored = [h for h in self.history if h.get("val_f1") is not None]
         best = max(scored, key=lambda h: h["val_f1"]) if scored else {}
         return {"out": str(self.out), "history": self.history, "best": best, "device": str(ctx.device),
                 "rank": ctx.rank, "world_size": ctx.world_size, "amp": self.prec.name,
                 "config": self.plan.to_dict(), "model": self.model, "has_val": self.val_loader is not None}
+
+    def _over_budget(self, epoch: int) -> bool:
+        """Would one more epoch (as long as the last one) end past ``run.minutes``? Decided on rank 0."""
+        if not self.plan.run.minutes:
+            return False
+        h = self.history
+        last = h[-1]["wall_s"] - (h[-2]["wall_s"] if len(h) > 1 else 0.0)
+        over = torch.tensor(float(h[-1]["wall_s"] + last > 60.0 * self.plan.run.minutes))
+        if self.ctx.distributed:
+            dd.broadcast_buffers(self.ctx, _Holder(over))  # every rank stops after the same epoch
+        return bool(over)
 
     def _end_epoch(self, epoch: int, stats: dict) -> None:
         """Validate, record, checkpoint and plot one finished epoch."""
@@ -411,6 +427,14 @@ class Trainer:
         wait = sums["wait"] + batches.seconds
         return {"train_loss": float(loss_sum) / max(1, seen), "train_acc": float(correct) / max(1, seen),
                 "seconds": seconds, "images_per_s": seen / seconds, "data_wait": wait / seconds}
+
+
+class _Holder(nn.Module):
+    """One tensor as a module buffer, so :func:`distributed.broadcast_buffers` can send it."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("t", t)
 
 
 class _NanCheck:

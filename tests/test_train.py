@@ -153,3 +153,12 @@ def test_checkpoints_load_as_data_only(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
     r = CliRunner().invoke(cli.main, ["predict", str(tmp_path / "evil.pt"), str(tmp_path)])
     assert r.exit_code == 1 and "not a checkpoint of this tool" in r.output and "must never run" not in r.output
+
+
+def test_a_time_budget_stops_before_an_epoch_that_would_end_past_it(easy_shards, tmp_path):
+    said = []
+    plan = TrainPlan(ModelConfig(name="cnn4conv"), OptimConfig(epochs=5), LoaderConfig(batch_size=16, workers=0),
+                     RunConfig(device="cpu", out=str(tmp_path), minutes=1e-4))
+    s = train(easy_shards, plan, say=said.append)
+    assert [h["epoch"] for h in s["history"]] == [1] and any("time budget" in m for m in said)
+    assert s["history"][0]["wall_s"] > 0 and 0 <= s["history"][0]["val_f1_small"] <= 1  # 4 classes of 24 images
