@@ -24,6 +24,8 @@ Stages, one module each:
     optim         optimizer and learning-rate schedule
     metrics       accuracy, macro-F1, batch evaluation
     train         the training loop (checkpoints, exact resume)
+    resume        what continuing a run needs: the checkpoint's plan, the checks before it
+    steploop      Ctrl-C at a step boundary, a NaN check that never waits, CUDA sync debugging
     evaluate      evaluate and predict
     bench         side-by-side throughput against the notebooks' way
 

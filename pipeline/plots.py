@@ -54,7 +54,8 @@ def _fmt(v: float, step: float) -> str:
     return f"{v:.{d}f}"
 
 
-def _panel(img: Image.Image, draw: ImageDraw.ImageDraw, box, series: dict[str, list[float]], title: str, ylabel: str, font) -> None:
+def _panel(img: Image.Image, draw: ImageDraw.ImageDraw, box, series: dict[str, list[float]], title: str,
+           ylabel: str, font) -> None:
     x0, y0, x1, y1 = box
     values = [v for s in series.values() for v in s if v is not None and np.isfinite(v)]
     n = max((len(s) for s in series.values()), default=0)

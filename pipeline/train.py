@@ -19,8 +19,6 @@ import csv
 import io
 import json
 import logging
-import signal
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,101 +32,20 @@ from tqdm import tqdm
 from model import count_parameters, create_model
 from . import distributed as dd
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
-from .config import (LoaderConfig, ModelConfig, OptimConfig, RunConfig, TrainPlan, check_image_size, from_dict,
-                     to_dict)
-from .errors import FolderLock, UserError, write_text
+from .config import TrainPlan, check_image_size
+from .errors import FolderLock, write_text
 from .loader import DataWait, DeviceTransform, create_loader
 from .metrics import accuracy_f1, evaluate_batches
 from .optim import lr_at, make_optimizer, set_lr
+from .resume import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via pipeline.train)
 from .runtime import Precision, configure_cuda, resolve_device
 from .shard_format import ShardSet, open_set
+from .steploop import Holder, NanCheck, StopRequest, sync_debug
 
 logger = logging.getLogger(__name__)
 
 
 SMALL_CLASS = 150  # images; macro-F1 of the classes under this is reported apart (val_f1_small)
-
-
-class TrainingError(UserError):
-    """A run that cannot start or must stop (mismatch, divergence)."""
-
-
-# What a resumed run must share with its checkpoint (the rest, such as the
-# device, workers, cache, precision and output folder, may change).
-_SAME_ON_RESUME = {"model": ("name",), "optim": ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing"),
-                   "loader": ("batch_size", "augment", "balance", "seed"), "run": ("seed", "recipe", "tta")}
-
-
-def resume_plan(ckpt: dict, epochs: Optional[int] = None, **run: object) -> TrainPlan:
-    """The plan a checkpoint was trained with, ``epochs`` and runtime options (``run`` fields,
-    ``workers``, ``cache``) replaced: what ``--resume`` continues."""
-    c = ckpt["config"]
-    loader_kw = {k: run.pop(k) for k in ("workers", "cache") if run.get(k) is not None}
-    run = {k: v for k, v in run.items() if v is not None}
-    optim = from_dict(OptimConfig, c["optim"])
-    return TrainPlan(from_dict(ModelConfig, c["model"]),
-                     replace(optim, epochs=epochs) if epochs else optim,
-                     replace(from_dict(LoaderConfig, c["loader"]), **loader_kw),
-                     replace(from_dict(RunConfig, c["run"]), **run))
-
-
-def _check_resume(ckpt: dict, plan: TrainPlan, resume: Path, classes: list, size: int, world: int) -> None:
-    cfg = ckpt["config"]
-    if ckpt["class_names"] != classes or cfg["model"]["image_size"] != size:
-        raise TrainingError(f"{resume} was trained on {cfg['model']['image_size']} px with "
-                            f"{len(ckpt['class_names'])} classes; the shards differ: pass the shards it was "
-                            f"trained on with --shards")
-    for part, keys in _SAME_ON_RESUME.items():
-        mine = to_dict(getattr(plan, part))
-        for k in keys:
-            if k in cfg[part] and cfg[part][k] != mine[k]:
-                raise TrainingError(f"{resume} was trained with {part} {k}={cfg[part][k]!r}, not {mine[k]!r}; "
-                                    f"--resume continues the checkpoint's own recipe (drop that option)")
-    if len(ckpt["rng"]) != world:
-        raise TrainingError(f"{resume} was written by {len(ckpt['rng'])} processes; resume with the same "
-                            f"world size (got {world})")
-    done = ckpt["position"]["epoch"]
-    if plan.optim.epochs < done or (plan.optim.epochs == done and not ckpt["position"]["step"]):
-        raise TrainingError(f"{resume} has trained {done} of {cfg['optim']['epochs']} epochs already; pass "
-                            f"--epochs N with N > {done} to extend the run (the schedule is rebuilt for N)")
-
-
-class _StopRequest:
-    """Ctrl-C asks the loop to stop at the next step boundary, where the state
-    is whole (a KeyboardInterrupt inside ``optimizer.step`` could leave half
-    the weights updated); a second Ctrl-C interrupts at once. Under torchrun
-    (every rank gets the signal at a different step) and off the main thread
-    the default handler stays."""
-
-    def __init__(self, active: bool) -> None:
-        self.requested = False
-        self.active = active and threading.current_thread() is threading.main_thread()
-        self._old = None
-
-    def __enter__(self) -> "_StopRequest":
-        if self.active:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self.active:
-            signal.signal(signal.SIGINT, self._old)
-
-
-RUN_FILES = ("last.pt", "best.pt", "interrupted.pt", "metrics.csv", "config.json", "curves.png")
-
-
-def _check_out(out: Path, resume: Optional[Path]) -> None:
-    """A new run never overwrites another run's files; a resumed one continues in place."""
-    existing = [n for n in RUN_FILES if (out / n).exists()]
-    if existing and (resume is None or Path(resume).resolve().parent != out.resolve()):
-        raise TrainingError(f"{out} already holds a run ({', '.join(existing)}); continue it with --resume "
-                            f"{out / ('last.pt' if 'last.pt' in existing else existing[0])} or pass another --out")
 
 
 def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress: bool = False,
@@ -170,9 +87,9 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
     ctx = dd.setup(resolve_device(plan.run.device))  # checks the device before joining any process group
     try:
         if ckpt is not None:
-            _check_resume(ckpt, plan, resume, classes, size, ctx.world_size)
+            check_resume(ckpt, plan, resume, classes, size, ctx.world_size)
         if ctx.is_main:
-            _check_out(Path(plan.run.out), resume)
+            check_out(Path(plan.run.out), resume)
         trainer = Trainer(sset, train_split, val_split, plan, ctx, say if ctx.is_main else (lambda _m: None),
                           progress and ctx.is_main)
         trainer.sync_debug = sync_debug
@@ -227,7 +144,8 @@ class Trainer:
         self.val_loader = (create_loader(val_split, replace(plan.loader, balance=0.0, reuse_buffers=True),
                                          device=device, train=False, **rk) if len(val_split) else None)
         self.steps = len(self.train_loader)
-        self.transform = DeviceTransform(sset.mean, sset.std, device, True, seed=plan.loader.seed + 1_000_003 * ctx.rank)
+        self.transform = DeviceTransform(sset.mean, sset.std, device, True,
+                                         seed=plan.loader.seed + 1_000_003 * ctx.rank)
         fwd = self.model
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -265,7 +183,8 @@ class Trainer:
         # every rank's RNG state, for an exact resume (a collective: all ranks call it)
         rng = dd.gather_objects(self.ctx, rng_state(self.transform)) if gather else [rng_state(self.transform)]
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.prec.scaler.state_dict(), "epoch": position["epoch"] - 1, "position": position, "precision": self.prec.name,
+                "scaler": self.prec.scaler.state_dict(), "epoch": position["epoch"] - 1, "position": position,
+                "precision": self.prec.name,
                 "best_f1": self.best_f1, "history": self.history, "rng": rng, "world_size": self.ctx.world_size,
                 "class_names": self.sset.class_names, "mean": self.sset.mean.tolist(), "std": self.sset.std.tolist(),
                 "config": self.plan.to_dict(), "preprocess": self.sset.manifest["options"],
@@ -290,7 +209,7 @@ class Trainer:
                 "shards_fingerprint": self.sset.manifest.get("fingerprint")}, indent=2) + "\n")
         start = self.position["epoch"]
         last = o.epochs if stop_after is None else min(o.epochs, start + stop_after)
-        with _StopRequest(active=not ctx.distributed) as stop:
+        with StopRequest(active=not ctx.distributed) as stop:
             for epoch in range(start, last):
                 stats = self._train_epoch(epoch, stop, on_step)
                 if stats is None:  # stopped inside the epoch: interrupted.pt holds the position
@@ -318,7 +237,7 @@ class Trainer:
         last = h[-1]["wall_s"] - (h[-2]["wall_s"] if len(h) > 1 else 0.0)
         over = torch.tensor(float(h[-1]["wall_s"] + last > 60.0 * self.plan.run.minutes))
         if self.ctx.distributed:
-            dd.broadcast_buffers(self.ctx, _Holder(over))  # every rank stops after the same epoch
+            dd.broadcast_buffers(self.ctx, Holder(over))  # every rank stops after the same epoch
         return bool(over)
 
     def _end_epoch(self, epoch: int, stats: dict) -> None:
@@ -332,7 +251,7 @@ class Trainer:
         small = None
         if self.val_loader is not None:
             small = accuracy_f1(val["y_true"], val["y_pred"], self.small_classes)[1] if self.small_classes else None
-        o = self.plan.optim  # lr: where the schedule stands after the epoch (the next step's), as OneCycleLR reported it
+        o = self.plan.optim  # lr: the schedule after the epoch (the next step's), as OneCycleLR reported it
         row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
                "lr": lr_at(o, (epoch + 1) * self.steps, o.epochs * self.steps)[0],
                "val_f1_small": small, "wall_s": self.wall_offset + time.perf_counter() - self.t_run}
@@ -356,7 +275,7 @@ class Trainer:
                  f"acc {stats['train_acc']:.3f} | {v} | {stats['seconds']:.1f} s, {stats['images_per_s']:.0f} img/s, "
                  f"data wait {100 * stats['data_wait']:.1f}%{' *best*' if improved else ''}")
 
-    def _train_epoch(self, epoch: int, stop: _StopRequest, on_step) -> Optional[dict]:
+    def _train_epoch(self, epoch: int, stop: StopRequest, on_step) -> Optional[dict]:
         """One epoch from the current position; None if Ctrl-C stopped it (``interrupted.pt`` written).
 
         Nothing in the step loop waits for the device: batches, indices and
@@ -375,14 +294,14 @@ class Trainer:
         loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=dev)
         correct = torch.tensor(sums["correct"], dtype=torch.int64, device=dev)
         bad = torch.zeros((), dtype=torch.int64, device=dev)  # applied steps with a non-finite loss
-        check = _NanCheck(bad)
+        check = NanCheck(bad)
         seen = sums["seen"]
         t0 = time.perf_counter() - sums["seconds"]
         batches = DataWait(loader)
         bar = tqdm(total=self.steps, initial=first, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                    disable=not self.progress)
         step = first
-        with _sync_debug(self.sync_debug if dev.type == "cuda" else None):
+        with sync_debug(self.sync_debug if dev.type == "cuda" else None):
             for xb, yb in batches:
                 set_lr(self.optimizer, o, epoch * self.steps + step, o.epochs * self.steps)
                 x = self.transform(xb, augment=self.plan.loader.augment)
@@ -427,55 +346,6 @@ class Trainer:
         wait = sums["wait"] + batches.seconds
         return {"train_loss": float(loss_sum) / max(1, seen), "train_acc": float(correct) / max(1, seen),
                 "seconds": seconds, "images_per_s": seen / seconds, "data_wait": wait / seconds}
-
-
-class _Holder(nn.Module):
-    """One tensor as a module buffer, so :func:`distributed.broadcast_buffers` can send it."""
-
-    def __init__(self, t: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("t", t)
-
-
-class _NanCheck:
-    """Has a non-finite loss been seen? Without waiting for the device.
-
-    On CUDA the count is copied to pinned memory and read once that copy
-    has landed (an event query, not a wait), so the answer lags by one
-    check (20 steps); on CPU it is read directly.
-    """
-
-    def __init__(self, bad: torch.Tensor) -> None:
-        self.bad = bad
-        self.cuda = bad.device.type == "cuda"
-        self.host = torch.zeros((), dtype=torch.int64, pin_memory=True) if self.cuda else None
-        self.event = None
-
-    def failed(self, final: bool = False) -> bool:
-        if not self.cuda:
-            return bool(int(self.bad))
-        if final:
-            return bool(int(self.bad))  # a deliberate sync, outside the step loop
-        seen = self.event is not None and self.event.query() and bool(int(self.host))
-        if self.event is None or self.event.query():
-            self.host.copy_(self.bad, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        return seen
-
-
-@contextlib.contextmanager
-def _sync_debug(mode: Optional[str]):
-    """``torch.cuda.set_sync_debug_mode(mode)`` inside, restored after (no-op for None)."""
-    if mode is None:
-        yield
-        return
-    old = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(mode)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(old)
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
