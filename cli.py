@@ -199,7 +199,8 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
 @main.command()
 @click.option("--shards", type=click.Path(path_type=Path), default=Path("shards"),
               help="Shard folder [with --resume: the checkpoint's].")
-@click.option("--model", "model_name", type=MODELS, default="bart", help="Architecture.")
+@click.option("--model", "model_name", type=MODELS, default="resnet",
+              help="Architecture: resnet (compact, fastest to accuracy here), or the notebooks' bart and cnn4conv.")
 @click.option("--recipe", type=click.Choice(["default", "notebook"]), default="default",
               help="default: best measured; notebook: the model's notebook hyper-parameters exactly.")
 @click.option("--epochs", type=click.IntRange(1, 100_000), default=None,

@@ -235,7 +235,7 @@ class Trainer:
             return False
         h = self.history
         last = h[-1]["wall_s"] - (h[-2]["wall_s"] if len(h) > 1 else 0.0)
-        over = torch.tensor(float(h[-1]["wall_s"] + last > 60.0 * self.plan.run.minutes))
+        over = torch.tensor(float(h[-1]["wall_s"] + last > 60.0 * self.plan.run.minutes), device=self.ctx.device)
         if self.ctx.distributed:
             dd.broadcast_buffers(self.ctx, Holder(over))  # every rank stops after the same epoch
         return bool(over)
