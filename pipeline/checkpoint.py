@@ -23,6 +23,7 @@ PATH (why)".
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -81,6 +82,8 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass the last.pt or best.pt of a run folder")
+    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive
+        raise _foreign(path, "not a PyTorch checkpoint file: not a zip archive (truncated, or another format)")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for bad files

@@ -99,6 +99,7 @@ class EpochBatchSampler(Sampler):
         self.shuffle, self.balance, self.drop_last = shuffle, balance, drop_last
         self.epoch = 0
         self.start_batch = 0
+        self._cache: dict[int, np.ndarray] = {}  # the last two epochs' indices
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Read ``epoch`` from batch ``start_batch`` on (a mid-epoch resume skips the batches done)."""
@@ -107,10 +108,14 @@ class EpochBatchSampler(Sampler):
     def indices(self, epoch: Optional[int] = None) -> np.ndarray:
         """This rank's samples for ``epoch`` (default: the current one), in order."""
         epoch = self.epoch if epoch is None else epoch
+        if epoch in self._cache:  # the loader and its stream both ask for the current epoch
+            return self._cache[epoch]
         order = epoch_order(self.offsets, self.labels, self.seed, epoch, self.shuffle, self.balance)
         mine = order[self.rank::self.world_size]
         if self.shuffle:  # training: equal length on every rank
             mine = mine[: len(order) // self.world_size]
+        self._cache = {k: v for k, v in self._cache.items() if k == epoch - 1}
+        self._cache[epoch] = mine
         return mine
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -130,15 +135,16 @@ class EpochBatchSampler(Sampler):
             epoch, skip = epoch + 1, 0
 
     def __len__(self) -> int:
-        n = int(self.offsets[-1])
-        per_rank = n // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
+        per_rank = self._per_rank()
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    def _per_rank(self) -> int:
+        n = int(self.offsets[-1])
+        return n // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
 
     def dropped(self) -> int:
         """Samples of this rank's epoch that ``drop_last`` leaves out."""
-        n = int(self.offsets[-1])
-        per_rank = n // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
-        return per_rank - len(self) * self.batch_size if self.drop_last else 0
+        return self._per_rank() - len(self) * self.batch_size if self.drop_last else 0
 
 
 class _Stream:
@@ -312,7 +318,6 @@ class BatchLoader:
         if mode in ("ram", "device"):
             images = torch.from_numpy(split.load_all())
             self._images = images.to(device) if mode == "device" else images
-            self._labels_dev = self.labels.to(device)
             # CPU batches are gathered into a ring of reused buffers: a fresh
             # 6 MB buffer per batch page-faults on every 4 KB and gathered
             # at 370k img/s instead of 450k (128 px, batch 128, measured
