@@ -114,6 +114,20 @@ def test_batches_are_safe_to_keep_unless_reuse_is_asked_for(easy_shards, cache, 
     assert changed > 0  # reuse means later batches overwrote earlier ones: the documented opt-in
 
 
+def test_the_resident_split_is_exposed_and_reused_batches_share_one_buffer(easy_shards):
+    split = open_set(easy_shards).split("train")
+    ram = create_loader(split, batch_size=4, workers=0, cache="ram", seed=0, reuse_buffers=True)
+    assert ram.resident is not None and tuple(ram.resident.shape) == (len(split),) + split.load_all().shape[1:]
+    assert torch.equal(ram.resident, torch.from_numpy(split.load_all()))
+    ram.set_epoch(0)
+    pointers = {x.data_ptr() for x, _ in ram}
+    assert len(pointers) == 1  # the opt-in: every batch in the one reused buffer
+    fresh = create_loader(split, batch_size=4, workers=0, cache="ram", seed=0)
+    fresh.set_epoch(0)
+    assert len({x.data_ptr() for x, _ in list(fresh)}) == len(fresh)  # kept batches: memory of their own
+    assert create_loader(split, batch_size=4, workers=0, cache="none").resident is None
+
+
 def test_a_user_callable_augments_on_the_device(easy_shards):
     sset = open_set(easy_shards)
     flip = DeviceTransform(sset.mean, sset.std, "cpu", augment=lambda x: x.flip(3))
