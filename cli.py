@@ -248,6 +248,7 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
     from pipeline.train import train as run
 
     workers = default_workers() if workers is None else workers
+    ckpt = None
     if resume is not None:
         given = [p.opts[0] for p in ctx.command.params if p.name in RECIPE_OPTIONS
                  and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
@@ -263,7 +264,8 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
         plan = make_plan(model_name, recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
                          compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes)
-    summary = run(shards, plan, resume=resume, progress=True, say=click.echo)
+    summary = run(shards, plan, resume=resume, progress=True, say=click.echo,
+                  checkpoint=ckpt)
     best = summary["best"]
     if summary["rank"] != 0:
         return

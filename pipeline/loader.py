@@ -159,7 +159,10 @@ class _Stream:
 
 
 class ShardBatchDataset(Dataset):
-    """Map-style dataset whose item is a whole batch: ``ds[index_array]``.
+    """Map-style dataset whose item is a whole batch's images: ``ds[index_array]``.
+
+    Labels do not cross from the workers: the loader slices them from the
+    epoch's label tensor, already where the batch goes.
 
     Each worker maps the shards lazily on first use (maps and HDF5 handles
     must not cross a fork) and gathers a batch with one
@@ -173,7 +176,7 @@ class ShardBatchDataset(Dataset):
 
     * on CPU the ring is one shared-memory tensor ``shared`` (workers, ring,
       B, H, W, 3) allocated before the workers fork; a worker returns only
-      (worker, slot, n) and the labels, and the main process reads the slot
+      (worker, slot, n), and the main process reads the slot
       in place (a fresh shared tensor per batch, as ``default_collate``
       makes, held the path at 35k img/s at 128 px on 2 cores);
     * on CUDA each slot is a shared tensor made once by the worker (torch
@@ -189,7 +192,6 @@ class ShardBatchDataset(Dataset):
     def __init__(self, split: SplitSet, ring: int = 0, shared: Optional[torch.Tensor] = None) -> None:
         self.shards = split.shards
         self.offsets = split.offsets
-        self.labels = split.labels
         self.size = split.image_size
         self.ring = ring
         self.shared = shared
@@ -250,7 +252,7 @@ class ShardBatchDataset(Dataset):
             self._spare = torch.empty((n, self.size, self.size, 3), dtype=torch.uint8)
         return self._spare[:n]
 
-    def __getitem__(self, idx: np.ndarray) -> tuple:
+    def __getitem__(self, idx: np.ndarray) -> "torch.Tensor | tuple[int, int, int]":
         if self._pid != os.getpid():  # first call in this process: nothing inherited is valid
             self._maps, self._loaded = [None] * len(self.shards), []
             self._slots, self._next, self._pid, self._spare = [], 0, os.getpid(), None
@@ -273,13 +275,11 @@ class ShardBatchDataset(Dataset):
             scratch = self._scratch(len(idx))
             self._gather_runs(idx[order], sid_sorted, np.flatnonzero(sid_sorted[1:] != sid_sorted[:-1]) + 1, scratch)
             out.index_copy_(0, torch.from_numpy(order), scratch)
-        # Labels go back as a numpy array, pickled by value (1 KB): a tensor
-        # would cost a shared-memory segment and a file descriptor per batch.
-        return (token if token is not None else out), self.labels[idx]
+        return token if token is not None else out
 
 
 def _as_is(batch):
-    """collate_fn that leaves a worker's (tensor, numpy) batch untouched."""
+    """collate_fn that leaves a worker's batch (a tensor, or its ring slot's (worker, slot, n)) untouched."""
     return batch
 
 
@@ -422,7 +422,7 @@ class BatchLoader:
                 self._it = iter(self._loader)
             self._next_epoch = None  # until this epoch is read to its end
             for y in labels:
-                x, _ = next(self._it)  # the worker's labels are these; the epoch's are already where they go
+                x = next(self._it)
                 if isinstance(x, tuple):  # a slot of the shared ring: read in place
                     w, k, n = x
                     x = self._shared[w, k, :n]

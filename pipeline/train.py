@@ -50,7 +50,8 @@ SMALL_CLASS = 150  # images; macro-F1 of the classes under this is reported apar
 
 def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress: bool = False,
           say: Callable[[str], None] = logger.info, stop_after: Optional[int] = None,
-          on_step: Optional[Callable[[int, int], None]] = None, sync_debug: Optional[str] = None) -> dict:
+          on_step: Optional[Callable[[int, int], None]] = None, sync_debug: Optional[str] = None,
+          checkpoint: Optional[dict] = None) -> dict:
     """Train ``plan.model`` on the shard set in ``shards``.
 
     Args:
@@ -65,6 +66,8 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         on_step: called as ``on_step(epoch, step)`` after every training step.
         sync_debug: on CUDA, ``torch.cuda.set_sync_debug_mode`` inside the step
             loop (``"error"``: a host-device sync there raises).
+        checkpoint: ``resume`` already loaded with ``load_checkpoint(resume,
+            for_resume=True)`` (as for :func:`resume_plan`), so it is read once.
 
     Returns:
         The run summary: best epoch and metrics, history, output folder.
@@ -83,7 +86,7 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
     mcfg = replace(plan.model, num_classes=len(classes), image_size=size)
     check_image_size(size)
     plan = replace(plan, model=mcfg)
-    ckpt = load_checkpoint(resume, for_resume=True) if resume is not None else None
+    ckpt = None if resume is None else checkpoint if checkpoint is not None else load_checkpoint(resume, for_resume=True)
     ctx = dd.setup(resolve_device(plan.run.device))  # checks the device before joining any process group
     try:
         if ckpt is not None:

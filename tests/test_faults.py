@@ -93,15 +93,19 @@ def test_ctrl_c_mid_epoch_then_resume_equals_the_uninterrupted_run(easy_shards, 
     assert not (out / "interrupted.pt").exists()  # superseded by last.pt
 
 
-def test_cli_resume_takes_model_and_recipe_from_the_checkpoint_and_extends(finished, tmp_path):
+def test_cli_resume_takes_model_and_recipe_from_the_checkpoint_and_extends(finished, tmp_path, monkeypatch):
     out = Path(shutil.copytree(finished, tmp_path / "run"))
     r = run("train", "--resume", out / "last.pt", "--epochs", 2, "--workers", 0, "--device", "cpu")
     assert r.exit_code == 1 and "trained 2 of 2 epochs already" in r.output and "--epochs N" in r.output
     r = run("train", "--resume", out / "last.pt", "--model", "bart")
     assert r.exit_code == 1 and r.output.strip() == (f"error: --resume continues {out / 'last.pt'} with its own "
                                                      f"model and recipe; drop --model")
+    reads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(str(f)) or real_load(f, *a, **k))
     r = run("train", "--resume", out / "last.pt", "--epochs", 4, "--workers", 0, "--device", "cpu")
     assert r.exit_code == 0, r.output
+    assert reads.count(str(out / "last.pt")) == 1  # the CLI's plan and the run share one read
     assert "cnn4conv" in r.output and "resumed from" in r.output  # no --model, --shards given
     ck = load_checkpoint(out / "last.pt", for_resume=True)
     assert ck["config"]["model"]["name"] == "cnn4conv" and ck["config"]["optim"]["epochs"] == 4
