@@ -34,21 +34,22 @@ DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
 class Finite(click.ParamType):
-    """A float in [lo, hi] ((lo, hi] with ``lo_open``): inf and nan are refused where they enter."""
+    """A float in [lo, hi] (open at an end with ``lo_open`` / ``hi_open``): inf and nan are refused where they enter."""
 
     name = "number"
 
-    def __init__(self, lo: float, hi: float, lo_open: bool = False) -> None:
-        self.lo, self.hi, self.lo_open = lo, hi, lo_open
+    def __init__(self, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
 
     def convert(self, value, param, ctx):
         try:
             v = float(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(v) or v > self.hi or v < self.lo or (self.lo_open and v == self.lo):
-            self.fail(f"{value} is not a finite number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}]",
-                      param, ctx)
+        if (not math.isfinite(v) or v > self.hi or v < self.lo or (self.lo_open and v == self.lo)
+                or (self.hi_open and v == self.hi)):
+            self.fail(f"{value} is not a finite number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
+                      f"{')' if self.hi_open else ']'}", param, ctx)
         return v
 
 
@@ -193,7 +194,7 @@ def verify(out: Path) -> None:
 
 
 # What --resume takes from the checkpoint; giving one of these with it is refused.
-RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment", "balance", "tta")
+RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment", "balance", "tta", "ema")
 
 
 @main.command()
@@ -220,6 +221,9 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
 @click.option("--balance", type=Finite(0, 1), is_flag=False, flag_value=1.0, default=None,
               help="Class-balanced sampling for the long tail: --balance (every class equally likely) or "
                    "--balance 0.5 (weights n_c^0.5) [default: recipe's].")
+@click.option("--ema", type=Finite(0, 1, hi_open=True), default=None,
+              help="Validate and predict with a moving average of the weights, this decay per step (0: off; "
+                   "0.995: about the last 200 steps) [default: recipe's].")
 @click.option("--minutes", type=Finite(0, 100_000), default=0.0,
               help="Wall-time budget: stop before an epoch that would end past it (0: none).")
 @click.option("--tta/--no-tta", default=None,
@@ -235,7 +239,7 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
               help="Continue a run exactly from its last.pt or interrupted.pt (model and recipe come from it).")
 @click.pass_context
 def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment,
-          balance, minutes, tta, compile_, exact, sync_bn, out, resume) -> None:
+          balance, ema, minutes, tta, compile_, exact, sync_bn, out, resume) -> None:
     """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
 
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
@@ -263,7 +267,7 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
     else:
         plan = make_plan(model_name, recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
-                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes)
+                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes, ema=ema)
     summary = run(shards, plan, resume=resume, progress=True, say=click.echo,
                   checkpoint=ckpt)
     best = summary["best"]

@@ -100,6 +100,9 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
               "bad class_names")
         _need(isinstance(model, dict) and all(isinstance(v, torch.Tensor) for v in model.values()), path,
               "model is not a state dict")
+        ema = ckpt.get("ema")
+        _need(ema is None or (isinstance(ema, dict) and isinstance(ema.get("weights"), dict) and all(
+            isinstance(v, torch.Tensor) for v in ema["weights"].values())), path, "ema is not a state dict")
         _need(len(ckpt["mean"]) == 3 and len(ckpt["std"]) == 3, path, "bad mean/std")
         _need(mcfg["num_classes"] == len(names) and isinstance(mcfg["image_size"], int), path,
               "model config does not match its class names")
@@ -118,10 +121,15 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
     return ckpt
 
 
-def load_weights(model: torch.nn.Module, ckpt: dict, path: Path) -> None:
-    """Load a checkpoint's weights into ``model``, or say why they do not fit."""
+def load_weights(model: torch.nn.Module, ckpt: dict, path: Path, averaged: bool = False) -> None:
+    """Load a checkpoint's weights into ``model``, or say why they do not fit.
+
+    Args:
+        averaged: the moving average of the weights where the run kept one
+            (what it validated; for inference), else the trained weights.
+    """
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["ema"]["weights"] if averaged and ckpt.get("ema") else ckpt["model"])
     except (RuntimeError, KeyError, ValueError) as exc:
         first = str(exc).splitlines()[0][:200]
         raise _foreign(path, f"its weights do not fit a {ckpt['config']['model']['name']} model: {first}") from None

@@ -60,7 +60,7 @@ class Classifier:
             model = create_model(mcfg["name"], num_classes=mcfg["num_classes"], image_size=mcfg["image_size"])
         except ValueError as exc:
             raise CheckpointError(f"not a checkpoint of this tool: {path} ({exc})") from None
-        load_weights(model, ckpt, path)
+        load_weights(model, ckpt, path, averaged=True)
         model.to(dev, memory_format=torch.channels_last).eval()
         pre = ckpt.get("preprocess") or {}
         # the decode preprocess used, so inference sees what training saw (and skips what it skipped)

@@ -36,7 +36,7 @@ from .config import TrainPlan, check_image_size
 from .errors import FolderLock, write_text
 from .loader import DataWait, DeviceTransform, create_loader
 from .metrics import accuracy_f1, evaluate_batches
-from .optim import lr_at, make_optimizer, set_lr
+from .optim import WeightEma, lr_at, make_optimizer, set_lr
 from .resume import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via pipeline.train)
 from .runtime import Precision, configure_cuda, resolve_device
 from .shard_format import ShardSet, open_set
@@ -135,6 +135,7 @@ class Trainer:
         if device.type == "cuda":
             configure_cuda(plan.run.exact)
         self.optimizer = make_optimizer(plan.optim, self.model.parameters(), device)
+        self.ema = WeightEma(self.model, plan.optim.ema) if plan.optim.ema else None
         rk = {"rank": ctx.rank, "world_size": ctx.world_size}
         # --compile: whole batches only, so the graph is compiled for one shape
         # reuse_buffers: each batch is done with (transformed into a new tensor) before the next is asked for
@@ -167,6 +168,11 @@ class Trainer:
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue from a checkpoint: weights, optimiser, scaler, RNGs, position, history."""
         load_weights(self.model, ckpt, path)
+        if self.ema is not None:
+            if not isinstance(ckpt.get("ema"), dict):
+                raise CheckpointError(f"not a checkpoint of this tool: {path} (its recipe averages the weights "
+                                      f"but it holds no average)")
+            self.ema.load_state_dict(ckpt["ema"])
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, RuntimeError) as exc:
@@ -186,6 +192,7 @@ class Trainer:
         # every rank's RNG state, for an exact resume (a collective: all ranks call it)
         rng = dd.gather_objects(self.ctx, rng_state(self.transform)) if gather else [rng_state(self.transform)]
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
                 "scaler": self.prec.scaler.state_dict(), "epoch": position["epoch"] - 1, "position": position,
                 "precision": self.prec.name,
                 "best_f1": self.best_f1, "history": self.history, "rng": rng, "world_size": self.ctx.world_size,
@@ -246,10 +253,14 @@ class Trainer:
     def _end_epoch(self, epoch: int, stats: dict) -> None:
         """Validate, record, checkpoint and plot one finished epoch."""
         dd.broadcast_buffers(self.ctx, self.model)
+        scored = self.model
+        if self.ema is not None:  # the average is what is validated, kept as best.pt and predicted with
+            dd.broadcast_buffers(self.ctx, self.ema.module)
+            scored = self.ema.module
         val = {"loss": None, "acc": None, "f1": None}
         if self.val_loader is not None:
             self.val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
-            val = evaluate_batches(self.model, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx,
+            val = evaluate_batches(scored, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx,
                                    tta=self.plan.run.tta)
         small = None
         if self.val_loader is not None:
@@ -309,6 +320,8 @@ class Trainer:
                 set_lr(self.optimizer, o, epoch * self.steps + step, o.epochs * self.steps)
                 x = self.transform(xb, augment=self.plan.loader.augment)
                 loss, logits, applied = prec.step(self.fwd, self.optimizer, x, yb, o.label_smoothing)
+                if self.ema is not None:
+                    self.ema.update()
                 loss = loss.detach().double()
                 finite = torch.isfinite(loss)
                 ok = finite if applied is None else finite & applied
