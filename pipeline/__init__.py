@@ -19,9 +19,11 @@ Stages, one module each:
     shard_format  the HDF5 shard format: write, open, check, verify (owner module)
     preprocess    the whole preprocess stage (parallel, streaming, atomic), and write_set
     dataset       the per-sample Dataset
-    loader        epoch plans, shard batch reader, resident cache, device transform
+    sampler       the epoch plan: seeded order, class balance, ranks
+    loader        the fast batch loader: shard batch reader, resident caches, data wait
+    transform     normalise + augment whole batches on the device
     runtime       device choice, the AMP policy, CUDA switches
-    optim         optimizer and learning-rate schedule
+    optim         optimizer, learning-rate schedule, moving average of the weights
     metrics       accuracy, macro-F1, batch evaluation
     train         the training loop (checkpoints, exact resume)
     resume        what continuing a run needs: the checkpoint's plan, the checks before it
@@ -42,7 +44,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "open_set": "shard_format", "ShardSet": "shard_format", "ShardError": "shard_format",
     "ShardDataset": "dataset",
-    "create_loader": "loader", "BatchLoader": "loader", "DeviceTransform": "loader",
+    "create_loader": "loader", "BatchLoader": "loader", "DeviceTransform": "transform",
     "write_set": "preprocess",
     "LoaderConfig": "config", "PreprocessConfig": "config", "TrainPlan": "config", "make_plan": "config",
     "resume_plan": "train",

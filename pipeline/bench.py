@@ -341,8 +341,9 @@ def bench_training(shards: Path, cfg: BenchConfig, device) -> dict:
 
     from model import create_model
     from .config import LoaderConfig
-    from .loader import DataWait, DeviceTransform, create_loader
+    from .loader import DataWait, create_loader
     from .shard_format import open_set
+    from .transform import DeviceTransform
     from .config import OptimConfig
     from .optim import make_optimizer
     from .runtime import Precision, configure_cuda

@@ -23,7 +23,7 @@ from .config import check_image_size
 from .decode import DecodeError, decode_file
 from .discover import IMAGE_EXTENSIONS, DatasetError, discover, printable
 from .errors import write_text
-from .loader import DeviceTransform
+from .transform import DeviceTransform
 from .shard_format import open_set
 from .metrics import accuracy_f1, predict_logits
 from .runtime import resolve_device

@@ -1,4 +1,4 @@
-"""Batches from shards to the model: epoch plans, readers, device transform.
+"""Batches from shards to the model: the shard batch reader, the resident caches, the loader.
 
 Hops a batch makes from disk to the model:
 
@@ -16,14 +16,13 @@ Hops a batch makes from disk to the model:
   GPU once; each batch is one gather there, zero host hops.
 
 Pixels stay uint8 (a quarter of float32's bytes) until they are on the
-device; :class:`DeviceTransform` then converts, normalises with the
-preprocess-time mean/std, and augments the whole batch at once.
+device; :class:`~pipeline.transform.DeviceTransform` then converts,
+normalises with the preprocess-time mean/std, and augments the whole batch
+at once.
 
-Order: an epoch is a pure function of (seed, epoch): shards in a random
-order, samples shuffled within each shard (so a worker's reads stay inside
-one 64 MB shard at a time). Rank r of W takes every W-th sample, truncated
-to an equal length, so ranks never wait on each other at an epoch's end.
-Batches come back in plan order whatever the worker count. In streaming
+Order: the epoch plan of :mod:`pipeline.sampler` (a pure function of seed
+and epoch, per rank). Batches come back in plan order whatever the worker
+count. In streaming
 mode one DataLoader iteration runs across consecutive epochs (the sampler
 streams epoch after epoch), so the workers do not drain and restart at
 every epoch boundary; a jump to another epoch starts a fresh stream.
@@ -32,7 +31,6 @@ every epoch boundary; a jump to another epoch starts a fresh stream.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import os
 import random
@@ -42,110 +40,14 @@ from typing import Iterator, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .config import LoaderConfig
+from .sampler import EpochBatchSampler
 from .shard_format import SplitSet
+from .transform import DeviceTransform
 
 logger = logging.getLogger(__name__)
-
-
-def epoch_order(offsets: np.ndarray, labels: np.ndarray, seed: int, epoch: int, shuffle: bool = True,
-                balance: float = 0.0) -> np.ndarray:
-    """The global sample order of one epoch (every sample once unless ``balance``).
-
-    Args:
-        offsets: (S + 1,) first global index of each shard.
-        labels: (N,) labels, used by ``balance``.
-        seed, epoch: the order is a function of these alone.
-        shuffle: False gives 0..N-1 (evaluation).
-        balance: > 0 draws N samples with replacement, class c with weight
-            n_c ** (1 - balance) (1: each class equally likely; 0.5: the
-            square-root middle way; 0: every sample once, unweighted).
-    """
-    n = int(offsets[-1])
-    if not shuffle:
-        return np.arange(n, dtype=np.int64)
-    rng = np.random.default_rng([seed, epoch, 11])
-    if balance:
-        counts = np.bincount(labels)
-        weights = counts[labels].astype(np.float64) ** -float(balance)
-        return rng.choice(n, size=n, p=weights / weights.sum())  # already in random order
-    parts = [offsets[s] + rng.permutation(offsets[s + 1] - offsets[s]) for s in rng.permutation(len(offsets) - 1)]
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
-
-
-class EpochBatchSampler(Sampler):
-    """Yields this rank's batches of global indices for the current epoch.
-
-    Args:
-        offsets, labels: the split's shard offsets and labels.
-        batch_size: samples per batch (the last batch may be smaller).
-        seed: with the epoch, fixes the order.
-        rank, world_size: this process's share (disjoint, equal length).
-        shuffle: False for evaluation (in order; ranks may differ by one).
-        balance: class-balanced sampling strength (see :func:`epoch_order`).
-        drop_last: only whole batches (``--compile``: an odd last batch would
-            recompile the graph); the rest of the epoch is left out.
-    """
-
-    def __init__(self, offsets: np.ndarray, labels: np.ndarray, batch_size: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle: bool = True, balance: float = 0.0,
-                 drop_last: bool = False) -> None:
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} outside world size {world_size}")
-        self.offsets, self.labels = offsets, labels
-        self.batch_size, self.seed = batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.shuffle, self.balance, self.drop_last = shuffle, balance, drop_last
-        self.epoch = 0
-        self.start_batch = 0
-        self._cache: dict[int, np.ndarray] = {}  # the last two epochs' indices
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """Read ``epoch`` from batch ``start_batch`` on (a mid-epoch resume skips the batches done)."""
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def indices(self, epoch: Optional[int] = None) -> np.ndarray:
-        """This rank's samples for ``epoch`` (default: the current one), in order."""
-        epoch = self.epoch if epoch is None else epoch
-        if epoch in self._cache:  # the loader and its stream both ask for the current epoch
-            return self._cache[epoch]
-        order = epoch_order(self.offsets, self.labels, self.seed, epoch, self.shuffle, self.balance)
-        mine = order[self.rank::self.world_size]
-        if self.shuffle:  # training: equal length on every rank
-            mine = mine[: len(order) // self.world_size]
-        self._cache = {k: v for k, v in self._cache.items() if k == epoch - 1}
-        self._cache[epoch] = mine
-        return mine
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return itertools.islice(self.stream(self.epoch, self.start_batch), len(self) - self.start_batch)
-
-    def stream(self, start_epoch: int, skip: int = 0) -> Iterator[np.ndarray]:
-        """Batches of epoch ``start_epoch`` from batch ``skip`` on, then of the next epochs, endlessly.
-
-        One DataLoader iteration over this stream serves every epoch, so the
-        workers never drain and refill at an epoch boundary.
-        """
-        epoch = start_epoch
-        while True:
-            idx = self.indices(epoch)[: len(self) * self.batch_size]
-            for start in range(skip * self.batch_size, len(idx), self.batch_size):
-                yield idx[start: start + self.batch_size]
-            epoch, skip = epoch + 1, 0
-
-    def __len__(self) -> int:
-        per_rank = self._per_rank()
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
-
-    def _per_rank(self) -> int:
-        n = int(self.offsets[-1])
-        return n // self.world_size if self.shuffle else -(-(n - self.rank) // self.world_size)
-
-    def dropped(self) -> int:
-        """Samples of this rank's epoch that ``drop_last`` leaves out."""
-        return self._per_rank() - len(self) * self.batch_size if self.drop_last else 0
 
 
 class _Stream:
@@ -310,7 +212,7 @@ class BatchLoader:
     """
 
     def __init__(self, split: SplitSet, cfg: LoaderConfig, device: torch.device, mode: str,
-                 sampler: EpochBatchSampler, transform: Optional["DeviceTransform"] = None) -> None:
+                 sampler: EpochBatchSampler, transform: Optional[DeviceTransform] = None) -> None:
         self.split, self.cfg, self.device, self.mode, self.sampler = split, cfg, device, mode, sampler
         self.transform = transform
         self._handed = 0  # batches of the current epoch handed out so far
@@ -491,7 +393,7 @@ def resolve_cache(cache: str, split: SplitSet, device: torch.device) -> str:
 
 def create_loader(split: SplitSet, cfg: Optional[LoaderConfig] = None, *, device="cpu", train: bool = True,
                   rank: Optional[int] = None, world_size: Optional[int] = None,
-                  transform: Optional["DeviceTransform"] = None, **options) -> BatchLoader:
+                  transform: Optional[DeviceTransform] = None, **options) -> BatchLoader:
     """The fast batch loader for one split.
 
     Args:
@@ -523,61 +425,3 @@ def create_loader(split: SplitSet, cfg: Optional[LoaderConfig] = None, *, device
     mode = resolve_cache(cfg.cache, split, device)
     logger.info("loader: %d images, cache=%s, workers=%d", len(split), mode, cfg.workers)
     return BatchLoader(split, cfg, device, mode, sampler, transform)
-
-
-class DeviceTransform:
-    """uint8 NHWC batch on the device -> normalised float NCHW, augmented.
-
-    Augmentation is one ``affine_grid`` + ``grid_sample`` for the whole batch:
-    a random horizontal flip, a random zoom-in of 1.0-1.15x (a small random
-    resized crop) and a shift of up to 8% of the side, reflection-padded.
-    Its random numbers come from a CPU generator seeded once, so a run is
-    reproducible and the state can be checkpointed.
-
-    Args:
-        mean, std: per-channel statistics in [0, 1] (from the manifest).
-        device: where batches live.
-        channels_last: keep the NHWC memory layout (faster convs on CUDA).
-        seed: seeds the augmentation generator.
-        augment: what ``augment=True`` applies: ``"flip-crop"`` (the above),
-            None (nothing), or a callable on the normalised float NCHW batch
-            that returns the augmented batch.
-    """
-
-    def __init__(self, mean, std, device="cpu", channels_last: bool = False, seed: int = 0,
-                 augment="flip-crop") -> None:
-        if not (augment in (None, "none", "flip-crop") or callable(augment)):
-            raise ValueError(f"augment must be 'flip-crop', None or a callable, got {augment!r}")
-        self.policy = None if augment == "none" else augment
-        device = torch.device(device)
-        mean = torch.as_tensor(np.asarray(mean), dtype=torch.float32)
-        std = torch.as_tensor(np.asarray(std), dtype=torch.float32)
-        # x * scale - shift == (x / 255 - mean) / std, one fused pass
-        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device)
-        self.shift = (mean / std).view(1, 3, 1, 1).to(device)
-        self.channels_last = channels_last
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
-        x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last for free
-        x = x.float() if self.channels_last else x.contiguous().float()
-        x = x.mul_(self.scale).sub_(self.shift)
-        if augment and self.policy is not None:
-            x = self._augment(x) if self.policy == "flip-crop" else self.policy(x)
-        return x
-
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        g = self.generator
-        flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
-        zoom = 1.0 / (1.0 + 0.15 * torch.rand(n, generator=g))  # sample 87-100% of the side
-        shift = (torch.rand(n, 2, generator=g) * 2 - 1) * 0.16   # +-8% of the side ([-1, 1] is 2 wide)
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0] = zoom * flip
-        theta[:, 1, 1] = zoom
-        theta[:, :, 2] = shift
-        theta = (theta.pin_memory() if x.device.type == "cuda" else theta).to(x.device, non_blocking=True)
-        grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-        out = torch.nn.functional.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="reflection",
-                                              align_corners=False)
-        return out.contiguous(memory_format=torch.channels_last) if self.channels_last else out

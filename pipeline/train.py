@@ -34,7 +34,8 @@ from . import distributed as dd
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from .config import TrainPlan, check_image_size
 from .errors import FolderLock, write_text
-from .loader import DataWait, DeviceTransform, create_loader
+from .loader import DataWait, create_loader
+from .transform import DeviceTransform
 from .metrics import accuracy_f1, evaluate_batches
 from .optim import WeightEma, lr_at, make_optimizer, set_lr
 from .resume import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via pipeline.train)

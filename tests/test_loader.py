@@ -4,7 +4,9 @@ import torch
 
 from pipeline import shard_format as sf
 from pipeline.config import LoaderConfig
-from pipeline.loader import DeviceTransform, EpochBatchSampler, create_loader, epoch_order
+from pipeline.loader import create_loader
+from pipeline.sampler import EpochBatchSampler, epoch_order
+from pipeline.transform import DeviceTransform
 
 
 def _batches(loader, epoch):
