@@ -22,10 +22,10 @@ at once.
 
 Order: the epoch plan of :mod:`pipeline.sampler` (a pure function of seed
 and epoch, per rank). Batches come back in plan order whatever the worker
-count. In streaming
-mode one DataLoader iteration runs across consecutive epochs (the sampler
-streams epoch after epoch), so the workers do not drain and restart at
-every epoch boundary; a jump to another epoch starts a fresh stream.
+count. In streaming mode one DataLoader iteration runs across consecutive
+epochs (the sampler streams epoch after epoch), so the workers do not
+drain and restart at every epoch boundary; a jump to another epoch starts
+a fresh stream.
 """
 
 from __future__ import annotations
