@@ -222,8 +222,9 @@ RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment",
               help="Class-balanced sampling for the long tail: --balance (every class equally likely) or "
                    "--balance 0.5 (weights n_c^0.5) [default: recipe's].")
 @click.option("--ema", type=Finite(0, 1, hi_open=True), default=None,
-              help="Validate and predict with a moving average of the weights, this decay per step (0: off; "
-                   "0.995: about the last 200 steps) [default: recipe's].")
+              help="Validate and predict with a moving average of the weights, decay per step at most this "
+                   "(0: off); early on the decay is (1+n)/(10+n) at step n, about the last tenth of the steps "
+                   "so far [default: recipe's].")
 @click.option("--minutes", type=Finite(0, 100_000), default=0.0,
               help="Wall-time budget: stop before an epoch that would end past it (0: none).")
 @click.option("--tta/--no-tta", default=None,

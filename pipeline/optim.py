@@ -73,7 +73,12 @@ class WeightEma:
 
     Args:
         model: the trained model (its current weights start the average).
-        decay: per-step decay; 0.995 averages about the last 200 steps.
+        decay: the largest per-step decay (0.995: about the last 200 steps).
+            Below it the warm-up governs: (1 + n) / (10 + n) reaches 0.995
+            only at update 1,790, so a run of fewer steps (the default's
+            13 epochs of 131 steps on simpsons-real-80 are 1,703) averages
+            about the last tenth of its steps so far throughout, whatever
+            ``decay`` is.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:
