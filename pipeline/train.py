@@ -71,7 +71,9 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
             for_resume=True)`` (as for :func:`resume_plan`), so it is read once.
 
     Returns:
-        The run summary: best epoch and metrics, history, output folder.
+        The run summary: best epoch and metrics, history, output folder,
+        ``model`` (the trained weights) and ``averaged`` (their moving
+        average, the model that was validated; None without ``optim.ema``).
 
     Raises:
         TrainingError: a shard/model mismatch, a bad resume, or a NaN/inf loss.
@@ -238,7 +240,8 @@ class Trainer:
         best = max(scored, key=lambda h: h["val_f1"]) if scored else {}
         return {"out": str(self.out), "history": self.history, "best": best, "device": str(ctx.device),
                 "rank": ctx.rank, "world_size": ctx.world_size, "amp": self.prec.name,
-                "config": self.plan.to_dict(), "model": self.model, "has_val": self.val_loader is not None}
+                "config": self.plan.to_dict(), "model": self.model, "has_val": self.val_loader is not None,
+                "averaged": self.ema.module if self.ema is not None else None}
 
     def _over_budget(self, epoch: int) -> bool:
         """Would one more epoch (as long as the last one) end past ``run.minutes``? Decided on rank 0."""

@@ -54,6 +54,8 @@ def _plan(out, cache="ram", workers=0):
 
 def test_a_run_validates_keeps_and_predicts_with_the_average_and_resumes_exactly(easy_shards, tmp_path):
     full = train(easy_shards, _plan(tmp_path / "full"))
+    last = load_checkpoint(tmp_path / "full" / "last.pt")
+    assert all(torch.equal(v, last["ema"]["weights"][k]) for k, v in full["averaged"].state_dict().items())
     best = load_checkpoint(tmp_path / "full" / "best.pt", for_resume=True)
     steps = -(-len(open_set(easy_shards).split("train")) // 16)
     assert best["ema"]["updates"] == (best["epoch"] + 1) * steps  # one update per optimiser step
@@ -65,6 +67,7 @@ def test_a_run_validates_keeps_and_predicts_with_the_average_and_resumes_exactly
     assert rep["accuracy"] == pytest.approx(full["best"]["val_acc"])  # what validation scored
     plain = train(easy_shards, replace(_plan(tmp_path / "plain"), optim=OptimConfig(lr=3e-3, epochs=3)))
     assert [r["train_loss"] for r in plain["history"]] == [r["train_loss"] for r in full["history"]]  # same training
+    assert plain["averaged"] is None and plain["model"] is not None
     assert [r["val_loss"] for r in plain["history"]] != [r["val_loss"] for r in full["history"]]  # other weights scored
 
     def hook(e, s):
