@@ -269,8 +269,7 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
         plan = make_plan(model_name, recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
                          compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes, ema=ema)
-    summary = run(shards, plan, resume=resume, progress=True, say=click.echo,
-                  checkpoint=ckpt)
+    summary = run(shards, plan, resume=resume, progress=True, say=click.echo, checkpoint=ckpt)
     best = summary["best"]
     if summary["rank"] != 0:
         return

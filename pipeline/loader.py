@@ -220,6 +220,7 @@ class BatchLoader:
         self._loader: Optional[DataLoader] = None
         self._images: Optional[torch.Tensor] = None
         self._shared: Optional[torch.Tensor] = None  # the streaming workers' shared batch ring (CPU)
+        self._reused: Optional[torch.Tensor] = None  # RAM mode's one batch buffer under reuse_buffers
         if mode in ("ram", "device"):
             images = torch.from_numpy(split.load_all())
             self._images = images.to(device) if mode == "device" else images
@@ -230,11 +231,9 @@ class BatchLoader:
             # faster (it stays in cache). Without it each batch gets fresh
             # memory, safe to keep. Pinned CUDA buffers come from torch's
             # caching host allocator, which reuses them once their DMA is done.
-            reuse = mode == "ram" and device.type != "cuda" and cfg.reuse_buffers
-            self._ring = [torch.empty((cfg.batch_size,) + tuple(images.shape[1:]), dtype=torch.uint8)] if reuse else []
+            if mode == "ram" and device.type != "cuda" and cfg.reuse_buffers:
+                self._reused = torch.empty((cfg.batch_size,) + tuple(images.shape[1:]), dtype=torch.uint8)
         else:
-            self._ring = []
-        if mode not in ("ram", "device"):
             cuda = device.type == "cuda"
             workers = cfg.workers
             ring = cfg.prefetch_factor + 2
@@ -335,10 +334,10 @@ class BatchLoader:
             for i, y in zip(self._to_device(idx).split(b), labels):
                 yield self._images.index_select(0, i), y
             return
-        ring = self._ring
+        reused = self._reused
         for i, y in zip(idx.split(b), labels):
-            if ring:
-                buf = ring[0] if len(i) == b else ring[0][: len(i)]
+            if reused is not None:
+                buf = reused if len(i) == b else reused[: len(i)]
             else:
                 buf = torch.empty((len(i),) + tuple(self._images.shape[1:]), dtype=torch.uint8, pin_memory=cuda)
             torch.index_select(self._images, 0, i, out=buf)

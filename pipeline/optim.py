@@ -86,21 +86,20 @@ class WeightEma:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self._bind(model)
-
-    def _bind(self, model: torch.nn.Module) -> None:
-        src, dst = model.state_dict(), self.module.state_dict()
-        pairs = [(dst[k], src[k]) for k in dst]
-        self._float = [(d, s) for d, s in pairs if d.is_floating_point()]
-        self._other = [(d, s) for d, s in pairs if not d.is_floating_point()]
+        # state_dict tensors share storage with the parameters and buffers, which the optimiser and
+        # load_state_dict update in place: the lists are built once and stay bound to both models
+        live, avg = model.state_dict(), self.module.state_dict()
+        floating = [k for k in avg if avg[k].is_floating_point()]
+        self._avg, self._live = [avg[k] for k in floating], [live[k] for k in floating]
+        self._copied = [(avg[k], live[k]) for k in avg if not avg[k].is_floating_point()]
 
     @torch.no_grad()
     def update(self) -> None:
         """Fold the model's current weights into the average."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_([a for a, _ in self._float], [b for _, b in self._float], 1.0 - d)
-        for a, b in self._other:
+        torch._foreach_lerp_(self._avg, self._live, 1.0 - d)
+        for a, b in self._copied:
             a.copy_(b)
 
     def state_dict(self) -> dict:
