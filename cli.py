@@ -366,7 +366,8 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     from pipeline.config import BenchConfig, check_image_size
     from pipeline.env import default_workers
 
-    cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=check_image_size(size), model=model_name,
+    size = check_image_size(size)  # before resolve_data_dir, which may generate the look-alike set (~45 s)
+    cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=size, model=model_name,
                       workers=workers or default_workers(), batch_size=batch_size or (32 if quick else 128),
                       quick=quick, limit=limit if limit is not None else (600 if quick else 0),
                       repeats=2 if quick else 5, min_seconds=0.05 if quick else 0.5,
