@@ -22,6 +22,7 @@ import math
 
 import click
 
+from pipeline.config import NEAR_DUP_MAX
 from pipeline.errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -139,8 +140,12 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="One sub-folder per class [default: characters_train/ if present, else the look-alike set].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
-@click.option("--val-frac", type=Finite(0, 0.9), default=0.15, help="Validation share of each class.")
+@click.option("--val-frac", type=Finite(0, 0.9), default=0.15,
+              help="Validation share (of the near-duplicate groups; every class with 2+ groups gets one).")
 @click.option("--seed", type=int, default=42, help="Seeds the split and the shard order.")
+@click.option("--near-dup", type=click.IntRange(0, NEAR_DUP_MAX), default=6,
+              help="Images whose perceptual hashes differ in at most this many of 64 bits are one group, "
+                   "kept on one side of the split (0: byte-identical files only).")
 @click.option("--fit", type=click.Choice(["squash", "pad", "crop"]), default="squash",
               help="Aspect policy: squash (the notebooks'), pad or crop.")
 @click.option("--shard-mb", type=Finite(0, 4096, lo_open=True), default=64.0, help="Target shard size in MB.")
@@ -148,13 +153,13 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
               help="HDF5 compression (none is fastest to read).")
 @click.option("--workers", type=click.IntRange(1, 512), default=None, help="Decode processes [default: CPU count].")
 @click.option("--force", is_flag=True, help="Rebuild even if the shards are up to date.")
-def preprocess(size, data_dir, out, val_frac, seed, fit, shard_mb, compression, workers, force) -> None:
-    """Decode every image once, resize in parallel, write stratified HDF5 shards."""
+def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, compression, workers, force) -> None:
+    """Decode every image once, resize in parallel, split by content, write class-balanced HDF5 shards."""
     from pipeline.config import PreprocessConfig
     from pipeline.preprocess import preprocess as run
 
     cfg = PreprocessConfig(size=size, fit=fit, val_frac=val_frac, seed=seed, shard_mb=shard_mb,
-                           compression=None if compression == "none" else compression)
+                           compression=None if compression == "none" else compression, near_dup=near_dup)
     m = run(resolve_data_dir(data_dir), out, cfg, workers=workers, force=force, progress=True)
     if m["up_to_date"]:
         click.echo(f"{out}: up to date ({m['counts']['train']} train, {m['counts']['val']} val); "
@@ -172,9 +177,28 @@ def preprocess(size, data_dir, out, val_frac, seed, fit, shard_mb, compression, 
     if len(m["skipped"]) > 10:
         click.echo(f"  ... and {len(m['skipped']) - 10} more")
     if m["single_image_classes"]:
-        click.echo(f"single-image classes (train only): {', '.join(m['single_image_classes'])}")
+        click.echo(f"classes of one image or one group (train only): {', '.join(m['single_image_classes'])}")
+    _split_summary(m["split"], out)
     click.echo(f"{m['files_found']} files in {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s, "
                f"{m['workers']} workers)")
+
+
+def _split_summary(sp: dict, out: Path) -> None:
+    """What preprocess says of its split: groups, cross-class groups, fall-backs, the most uneven classes."""
+    click.echo(f"near-duplicates (within {sp['near_dup']} bits): {sp['images_in_groups']} images in {sp['groups']} "
+               f"groups (largest {sp['largest_group']}), each group on one side; val share {sp['val_share']:.1%}")
+    cross = sp["cross_class_groups"]
+    if cross:
+        click.echo(f"{len(cross)} group(s) span classes (same frame under two labels?), listed in "
+                   f"{out}/manifest.json under split.cross_class_groups:")
+        for g in sorted(cross, key=lambda g: len(g["paths"]))[:5]:
+            more = f" (+{len(g['paths']) - 4} more)" if len(g["paths"]) > 4 else ""
+            click.echo(f"  {' ~ '.join(g['paths'][:4])}{more}")
+    for f in sp["fallbacks"]:
+        click.echo(f"  {f['paths'][0]}{' (+%d)' % (len(f['paths']) - 1) if len(f['paths']) > 1 else ''} -> "
+                   f"{f['split']}: {f['why']}")
+    worst = ", ".join(f"{d['class']} {d['val_share']:.0%} of {d['images']}" for d in sp["class_val_share_deviation"])
+    click.echo(f"val share furthest from --val-frac: {worst}")
 
 
 @main.command()

@@ -22,6 +22,10 @@ CACHE_MODES = ("auto", "device", "ram", "none")
 # flatten size from it, so the side is a multiple of 16.
 SIZE_MIN, SIZE_MAX, SIZE_STEP = 16, 1024, 16
 
+# Near-duplicate radius in bits: past 10, groups chain across unrelated
+# frames (one group of 1,708 images at 10 on the real set; BENCHMARKS.md).
+NEAR_DUP_MAX = 10
+
 
 def check_image_size(size: int) -> int:
     """``size`` if it is a square side every stage accepts, else ConfigError."""
@@ -74,6 +78,11 @@ class PreprocessConfig:
         min_side: images whose shorter side is below this many pixels are
             skipped as unusable thumbnails.
         compression: HDF5 filter for ``images`` (None = contiguous, fastest).
+        near_dup: images whose 64-bit perceptual hashes are within this many
+            bits are one near-duplicate group, kept on one side of the split
+            (0: byte-identical files only). The default is the smallest
+            radius that leaves under 1% of the real val images with a
+            pixel-near train image (BENCHMARKS.md "Near-duplicates").
     """
 
     size: int = 128
@@ -83,6 +92,7 @@ class PreprocessConfig:
     shard_mb: float = 64.0
     min_side: int = 16
     compression: Optional[str] = None
+    near_dup: int = 6
 
     def __post_init__(self) -> None:
         check_image_size(self.size)
@@ -93,6 +103,9 @@ class PreprocessConfig:
         check_range("min_side", self.min_side, 1, 4096)
         if self.compression not in (None, "gzip", "lzf"):
             raise ConfigError(f"compression must be None, 'gzip' or 'lzf', got {self.compression!r}")
+        check_range("near_dup", self.near_dup, 0, NEAR_DUP_MAX)
+        if not isinstance(self.near_dup, int):
+            raise ConfigError(f"near_dup must be a whole number of bits, got {self.near_dup!r}")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,8 @@ from .decode import DecodeError, decode_bytes, decode_image
 from .discover import DatasetError, Discovery, discover
 from .errors import FolderLock, UserError, disk_errors
 from .env import cpu_count, environment
-from .split import shard_plan, stratified_split
+from .neardup import dhash, group
+from .split import SPLIT_RULE, content_split, shard_plan
 
 logger = logging.getLogger(__name__)
 
@@ -141,13 +142,17 @@ def _read(source) -> tuple[bytes, Optional[np.ndarray]]:
     return repr(arr.shape).encode() + arr.tobytes(), arr
 
 
-def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[str]]]]:
-    """Read, hash, decode and stage a run of consecutive samples: (start, [(sha256, reason)]).
+def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[str]]], np.ndarray, float]:
+    """Read, hash, decode and stage a run of consecutive samples.
 
     The run's pixels go to the staging file in one ``pwrite`` (rows start..
     start+k are adjacent there), and one message per run crosses back to
-    the main process: 32 files are ~15 ms of work, so IPC stays near 1%.
-    A failed sample's row is left zero; it is never read.
+    the main process, so IPC stays small against the decodes (BENCHMARKS.md
+    "Preprocess"). A failed sample's row is left zero; it is never read.
+
+    Returns:
+        (start, [(sha256, reason)], perceptual hashes of the stored pixels,
+        seconds spent on those hashes).
     """
     start, sources = task
     cfg = _worker["cfg"]
@@ -169,9 +174,12 @@ def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[
         if reason:
             buf[j] = 0
         out.append((digest, reason))
+    t = time.perf_counter()
+    phash = dhash(buf)
+    phash_s = time.perf_counter() - t
     if os.pwrite(_worker["fd"], buf, start * buf[0].nbytes) != buf.nbytes:  # buffer protocol: no copy
         raise OSError(errno.ENOSPC, "short write to the staging file")  # a regular file: the disk is full
-    return start, out
+    return start, out, phash, phash_s
 
 
 # Statistics come from every 4th pixel in each direction (1/16 of them) of
@@ -222,7 +230,7 @@ def _owned(out: Path) -> tuple[Optional[dict], set[str]]:
         manifest = sf.read_manifest(out)
     except sf.ShardError:
         manifest = None
-    owned = {e["file"] for e in manifest["shards"]} if manifest else set()
+    owned = {e["file"] for e in manifest["shards"]} if manifest else _listed_by_older_version(out)
     try:
         owned |= {n for n in json.loads((out / JOURNAL).read_text(encoding="utf-8"))["files"]
                   if sf.SHARD_NAME.match(n)}
@@ -235,6 +243,23 @@ def _owned(out: Path) -> tuple[Optional[dict], set[str]]:
                         f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them away "
                         f"or pass an empty --out")
     return manifest, owned
+
+
+def _older_manifest(out: Path) -> Optional[dict]:
+    """The manifest in ``out`` when an older version of this tool wrote it (its shards are ours to replace)."""
+    try:
+        old = json.loads((out / sf.MANIFEST).read_text(encoding="utf-8"))
+        if isinstance(old, dict) and isinstance(old.get("format_version"), int) \
+                and old["format_version"] < sf.FORMAT_VERSION and isinstance(old.get("shards"), list):
+            return old
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _listed_by_older_version(out: Path) -> set[str]:
+    old = _older_manifest(out) or {"shards": []}
+    return {str(e.get("file")) for e in old["shards"] if isinstance(e, dict) and sf.SHARD_NAME.match(str(e.get("file")))}
 
 
 def _clean_leftovers(out: Path) -> None:
@@ -251,7 +276,13 @@ def _clean_leftovers(out: Path) -> None:
 def _stale_reason(out: Path, manifest: Optional[dict], fingerprint: str, options: dict) -> Optional[str]:
     """Why the set in ``out`` must be (re)built, or None when it is up to date and intact."""
     if manifest is None:
-        return "no complete set"
+        older = _older_manifest(out)
+        if older is None:
+            return "no complete set"
+        manifest = {"split_rule": older.get("split_rule", 1)}
+    if manifest.get("split_rule") != SPLIT_RULE:
+        return (f"the split rule changed (rule {manifest.get('split_rule', 1)} -> {SPLIT_RULE}: near-duplicates "
+                f"kept on one side, each image placed by its own content)")
     if manifest.get("fingerprint") != fingerprint:
         return "the images changed"
     if manifest.get("options") != options:
@@ -308,21 +339,25 @@ def _decode_all(items: Items, pool: _Pool, progress: bool):
     n = len(items.names)
     hashes = [""] * n
     reasons: list[Optional[str]] = [None] * n
+    phashes = np.zeros(n, dtype=np.uint64)
+    phash_s = 0.0
     tasks = [(k, items.sources[k: k + 32]) for k in range(0, n, 32)]
     with tqdm(total=n, desc="decode+resize", unit="img", disable=not progress, smoothing=0.05) as bar:
-        for start, results in pool.imap_unordered(_decode_task, tasks):
+        for start, results, ph, secs in pool.imap_unordered(_decode_task, tasks):
             for j, (digest, reason) in enumerate(results):
                 hashes[start + j], reasons[start + j] = digest, reason
+            phashes[start: start + len(ph)] = ph
+            phash_s += secs
             bar.update(len(results))
-    return hashes, reasons
+    return hashes, reasons, phashes, phash_s
 
 
 def _write_task(task: tuple) -> tuple[str, int]:
     """Gather one shard's rows from the staging file and write it: (sha256, bytes)."""
-    path, rows, labels, paths, hashes, attrs = task
+    path, rows, labels, paths, hashes, phashes, attrs = task
     cfg = _worker["cfg"]
     digest = sf.write_shard(path, _gather(_worker["fd"], rows, cfg.size), labels, paths, hashes, attrs,
-                            cfg.compression)
+                            cfg.compression, phashes=phashes)
     return digest, path.stat().st_size
 
 
@@ -428,7 +463,8 @@ def _write(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str, sou
         reason = "--force" if force else _stale_reason(out, old, fingerprint, options)
         if reason is None:
             return {**old, "up_to_date": True}
-        if old is not None:
+        rebuilding = old is not None or _older_manifest(out) is not None
+        if rebuilding:
             logger.warning("%s: rebuilding the shard set (%s)", out, reason)
         build = out / BUILD
         build.mkdir()
@@ -439,7 +475,7 @@ def _write(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str, sou
         finally:
             shutil.rmtree(build, ignore_errors=True)
     logger.info("preprocess: %d samples -> %s in %.1f s", len(items.names), out, manifest["timings"]["total_s"])
-    return {**manifest, "up_to_date": False, "rebuilt_because": reason if old is not None else None}
+    return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None}
 
 
 def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[int], progress: bool,
@@ -455,10 +491,10 @@ def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[i
         pool = _Pool(workers, (cfg, str(staging), str(items.root)))
         t1 = time.perf_counter()
         with disk_errors(staging):
-            hashes, reasons = _decode_all(items, pool, progress)
+            hashes, reasons, phashes, timings["phash_cpu_s"] = _decode_all(items, pool, progress)
         timings["decode_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        manifest = _write_set(items, cfg, build, pool, hashes, reasons, progress)
+        manifest = _write_set(items, cfg, build, pool, hashes, reasons, phashes, progress, timings)
     finally:
         if pool is not None:
             pool.close()
@@ -470,8 +506,8 @@ def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[i
     return manifest
 
 
-def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons,
-               progress: bool) -> dict:
+def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons, phashes,
+               progress: bool, timings: dict) -> dict:
     labels_all = np.array(items.labels, dtype=np.int64)
     skipped = [{"path": rel, "reason": why} for rel, why in items.skipped]
     skipped += [{"path": items.names[i], "reason": r} for i, r in enumerate(reasons) if r]
@@ -491,32 +527,39 @@ def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hash
         raise DatasetError(f"{items.root or 'samples'}: none of the {len(items.names)} files decoded; "
                            f"see the skip reasons")
     num_classes = len(items.classes)
-    tr, va, singles = stratified_split(labels_all[keep], num_classes, cfg.val_frac, cfg.seed)
-    splits = {"train": keep[tr], "val": keep[va]}
+    t = time.perf_counter()
+    groups = group(phashes[keep], cfg.near_dup)
+    timings["group_s"] = time.perf_counter() - t
+    split = content_split([hashes[i] for i in keep], labels_all[keep], groups.labels, num_classes,
+                          cfg.val_frac, cfg.seed)
+    splits = {"train": keep[split.train], "val": keep[split.val]}
     mean, std = mean_std(pool, np.sort(splits["train"]))  # sorted: sequential reads of the staging file
     per_shard = max(1, int(cfg.shard_mb * 1_000_000) // (cfg.size * cfg.size * 3))
     class_counts = {s: np.bincount(labels_all[idx], minlength=num_classes).tolist() for s, idx in splits.items()}
     plans = {s: shard_plan(idx, labels_all, per_shard, cfg.seed) for s, idx in splits.items()}
     tasks, meta = [], []
-    for split, plan in plans.items():
+    for split_name, plan in plans.items():
         for k, rows in enumerate(plan):
-            attrs = {"class_names": items.classes, "image_size": cfg.size, "fit": cfg.fit, "split": split,
+            attrs = {"class_names": items.classes, "image_size": cfg.size, "fit": cfg.fit, "split": split_name,
                      "seed": cfg.seed, "shard_index": k, "num_shards": len(plan),
-                     "class_counts": class_counts[split], "mean": mean, "std": std}
-            name = sf.shard_name(split, k)
+                     "class_counts": class_counts[split_name], "mean": mean, "std": std}
+            name = sf.shard_name(split_name, k)
             tasks.append((out / name, rows, labels_all[rows], [items.names[r] for r in rows],
-                          [hashes[r] for r in rows], attrs))
-            meta.append({"file": name, "split": split, "count": len(rows),
+                          [hashes[r] for r in rows], phashes[rows], attrs))
+            meta.append({"file": name, "split": split_name, "count": len(rows),
                          "class_counts": np.bincount(labels_all[rows], minlength=num_classes).tolist()})
     # Shards are written in parallel, one per worker: gather, h5py write and
-    # SHA-256 each take about a third of a 64 MB shard's time.
+    # SHA-256 each take about a third of a shard's time.
     written = tqdm(pool.imap(_write_task, tasks), total=len(tasks), desc="write shards", unit="shard",
                    disable=not progress)
     entries = [{**m, "sha256": digest, "bytes": nbytes} for m, (digest, nbytes) in zip(meta, written)]
+    singles = split.single_group_classes
     if singles:
-        logger.warning("classes with one image (train only): %s", [items.classes[c] for c in singles])
+        logger.warning("classes of one image or one near-duplicate group (train only): %s",
+                       [items.classes[c] for c in singles])
     return {
         "format_version": sf.FORMAT_VERSION,
+        "split_rule": SPLIT_RULE,
         "class_names": items.classes,
         "counts": {s: int(len(idx)) for s, idx in splits.items()},
         "class_counts": class_counts,
@@ -524,7 +567,47 @@ def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hash
         "files_found": len(items.names),
         "skipped": skipped,
         "duplicates": duplicates,
+        "split": split_report(items, keep, groups, split, class_counts, cfg),
         "mean": mean.tolist(),
         "std": std.tolist(),
         "shards": entries,
+    }
+
+
+def split_report(items: Items, keep: np.ndarray, groups, split, class_counts: dict,
+                 cfg: PreprocessConfig) -> dict:
+    """What the manifest says of the split: near-duplicate groups, cross-class groups, fall-backs, shares."""
+    sizes = groups.sizes()
+    labels = np.asarray(items.labels)[keep]
+    multi = np.flatnonzero(sizes > 1)
+    members = {int(g): [] for g in multi}
+    for pos, g in enumerate(groups.labels):
+        if sizes[g] > 1:
+            members[int(g)].append(pos)
+    cross = []
+    for g in multi:
+        classes = sorted({items.classes[labels[p]] for p in members[int(g)]})
+        if len(classes) > 1:
+            cross.append({"classes": classes, "paths": [items.names[keep[p]] for p in members[int(g)]]})
+    fallbacks = [{"paths": [items.names[keep[p]] for p in pos], "split": where, "why": why}
+                 for pos, where, why in split.fallbacks]
+    deviation = []
+    for c, name in enumerate(items.classes):
+        n = class_counts["train"][c] + class_counts["val"][c]
+        if n:
+            share = class_counts["val"][c] / n
+            deviation.append({"class": name, "images": n, "val_share": round(share, 4),
+                              "deviation": round(share - cfg.val_frac, 4)})
+    deviation.sort(key=lambda d: (-abs(d["deviation"]), d["class"]))
+    total = sum(class_counts["train"]) + sum(class_counts["val"])
+    return {
+        "rule": SPLIT_RULE,
+        "near_dup": cfg.near_dup,
+        "groups": int(len(multi)),
+        "images_in_groups": int(sizes[multi].sum()),
+        "largest_group": int(sizes.max()) if len(sizes) else 0,
+        "cross_class_groups": cross,
+        "fallbacks": fallbacks,
+        "val_share": round(sum(class_counts["val"]) / max(total, 1), 4),
+        "class_val_share_deviation": deviation[:5],
     }

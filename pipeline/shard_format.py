@@ -10,6 +10,7 @@ Each ``.h5`` holds one split's share of every class:
     labels   int16 (N,)          index into the ``class_names`` attribute
     paths    S<n>  (N,)          source file, relative to the data folder
     hashes   S64   (N,)          SHA-256 of the source file's bytes
+    dhash    uint64 (N,)         64-bit perceptual hash of the stored pixels (``neardup.dhash``)
 
 and attributes ``format_version``, ``class_names``, ``image_size``, ``fit``,
 ``split``, ``seed``, ``shard_index``, ``num_shards``, ``class_counts`` (this
@@ -56,10 +57,11 @@ import h5py
 import numpy as np
 
 from .errors import UserError, disk_errors, write_text
+from .neardup import dhash, group
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the ``dhash`` dataset (near-duplicate groups, split rule 2)
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
 
@@ -79,7 +81,8 @@ def shard_name(split: str, index: int) -> str:
 
 
 def write_shard(path: Path, images: np.ndarray, labels: np.ndarray, paths: list[str],
-                hashes: list[str], attrs: dict, compression: Optional[str] = None) -> str:
+                hashes: list[str], attrs: dict, compression: Optional[str] = None,
+                phashes: Optional[np.ndarray] = None) -> str:
     """Write one shard atomically and return its SHA-256.
 
     Args:
@@ -89,6 +92,7 @@ def write_shard(path: Path, images: np.ndarray, labels: np.ndarray, paths: list[
         paths, hashes: per-image source path and content hash.
         attrs: shard attributes (lists and dicts are stored as JSON text).
         compression: None (contiguous) or an HDF5 filter name.
+        phashes: per-image perceptual hashes (default: computed from ``images``).
     """
     path = Path(path)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
@@ -108,6 +112,8 @@ def write_shard(path: Path, images: np.ndarray, labels: np.ndarray, paths: list[
             f.create_dataset("paths", data=np.array(enc_paths, dtype=f"S{width}"), track_times=False)
             f.create_dataset("hashes", data=np.array([h.encode() for h in hashes], dtype="S64"),
                              track_times=False)
+            f.create_dataset("dhash", data=np.asarray(dhash(images) if phashes is None else phashes,
+                                                      dtype=np.uint64), track_times=False)
             f.attrs["format_version"] = FORMAT_VERSION
             for key, value in attrs.items():
                 f.attrs[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
@@ -377,7 +383,10 @@ def verify(root: Path) -> list[str]:
     """Re-check a shard set against its manifest, reporting every problem.
 
     Checks every shard's size, SHA-256, count, label range, shapes, format
-    version and attributes, and that no listed shard is missing.
+    version and attributes, that no listed shard is missing, that each
+    stored perceptual hash is that of its stored pixels, and that no
+    near-duplicate group (the manifest's ``near_dup`` radius) has members
+    in both splits.
 
     Returns:
         Problems found, one line each naming the shard (empty: all good).
@@ -387,15 +396,41 @@ def verify(root: Path) -> list[str]:
     """
     manifest = read_manifest(root)
     problems = []
+    side, names, phashes = [], [], []
     for e in manifest["shards"]:
         one = {**manifest, "shards": [e]}
+        path = Path(root) / e["file"]
         try:
             check_set(root, one)
             open_split(root, e["split"], one)
-            _, attrs, _ = open_shard(Path(root) / e["file"])
+            shard, attrs, _ = open_shard(path)
+            with h5py.File(path, "r") as f:
+                stored = f["dhash"][...].astype(np.uint64)
+                paths = [p.decode("utf-8", "replace") for p in f["paths"][...]]
         except ShardError as exc:
             problems.append(str(exc))
             continue
+        except (OSError, KeyError) as exc:
+            problems.append(f"{path}: cannot read its perceptual hashes ({exc}); {FIX}")
+            continue
         if attrs.get("split") != e["split"] or attrs.get("class_names") != manifest["class_names"]:
-            problems.append(f"{Path(root) / e['file']}: split or class names differ from the manifest")
+            problems.append(f"{path}: split or class names differ from the manifest")
+        images = shard.images_map()
+        computed = np.concatenate([dhash(images[k: k + 1024]) for k in range(0, len(images), 1024)]) \
+            if len(images) else stored
+        if len(computed) != len(stored) or not np.array_equal(computed, stored):
+            problems.append(f"{path}: stored perceptual hashes differ from its pixels; {FIX}")
+        side += [e["split"]] * len(stored)
+        names += paths
+        phashes.append(stored)
+    if phashes and not problems:
+        groups = group(np.concatenate(phashes), int(manifest["options"].get("near_dup", 0)))
+        side = np.array(side)
+        for g in np.unique(groups.labels[side == "val"]):
+            members = np.flatnonzero(groups.labels == g)
+            if (side[members] == "train").any():
+                tr = members[side[members] == "train"][0]
+                va = members[side[members] == "val"][0]
+                problems.append(f"{root}: near-duplicates straddle the split ({names[tr]} in train, {names[va]} "
+                                f"in val); {FIX}")
     return problems

@@ -1,51 +1,110 @@
-"""Stratified train/val split and the class-interleaved shard plan.
+"""The train/val split as a pure function of content, and the class-interleaved shard plan.
 
-Both are pure functions of (labels, seed), so the same inputs always give
-the same split and the same shard contents in the same order.
+The split rule (version :data:`SPLIT_RULE`, recorded in the manifest):
+
+1. Images are grouped: byte-identical files are kept once, and images
+   whose perceptual hashes are within ``K`` bits are one group, also across
+   classes (:mod:`pipeline.neardup`).
+2. A group's key is the smallest SHA-256 among its members. Its score is
+   ``u = SHA-256(seed, key)`` read as a number in [0, 1); the group goes to
+   val when ``u < val_frac``. That depends on the group alone, never on
+   which other images exist, so adding images never moves an image from
+   train to val, and a set grown in steps has the split of one built at once.
+3. Small classes: a class with 2+ groups and none in val sends its
+   lowest-scoring group to val; one with every group in val keeps its
+   highest-scoring group in train; a class of one group is train only.
+   These fall-backs are the only choices that look at other images, so
+   they are listed in the manifest (``split.fallbacks``): growing such a
+   class can move its fall-back group (a class going from one group to two
+   is the one case where an image can move from train to val).
+
+The shard plan is a pure function of (split, labels, seed), so the same
+inputs always give the same shard contents in the same order.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
+
 import numpy as np
 
+SPLIT_RULE = 2  # 1: per-class permutation of one RNG stream (reshuffled whenever the folder changed)
 
-def stratified_split(labels: np.ndarray, num_classes: int, val_frac: float, seed: int
-                     ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Split sample indices per class.
 
-    Every class with 2+ samples gets at least one in each split (a 3-image
-    class gives 2/1, a 7-image class 6/1 at 0.15); a 1-sample class goes to
-    train. With ``val_frac == 0`` everything is train.
+def group_score(key: str, seed: int) -> float:
+    """A group's position in [0, 1): a function of its key and the seed only."""
+    digest = hashlib.sha256(f"simpsons-shards split {seed} {key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+@dataclass
+class Split:
+    """The outcome of :func:`content_split`.
+
+    Attributes:
+        train, val: sample indices, sorted ascending.
+        single_group_classes: classes of one group (train only).
+        fallbacks: (group members, split, why) of the groups the small-class
+            rule placed instead of their score.
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    single_group_classes: list[int] = field(default_factory=list)
+    fallbacks: list[tuple[np.ndarray, str, str]] = field(default_factory=list)
+
+
+def content_split(keys: list[str], labels: np.ndarray, groups: np.ndarray, num_classes: int,
+                  val_frac: float, seed: int) -> Split:
+    """Split samples by group, each group placed by its own content.
 
     Args:
-        labels: (N,) int class of each sample.
-        num_classes: number of classes (classes with no samples are allowed).
-        val_frac: validation share per class, rounded half up.
-        seed: seeds the per-class shuffle.
+        keys: per sample, a content hash (SHA-256 hex of the file's bytes).
+        labels: (N,) class of each sample.
+        groups: (N,) group id of each sample (:func:`pipeline.neardup.group`).
+        num_classes: number of classes.
+        val_frac: the share of groups that go to val (0: everything is train).
+        seed: seeds the scores.
 
     Returns:
-        (train indices, val indices, classes that have a single sample), the
-        index arrays sorted ascending.
+        :class:`Split`.
     """
-    rng = np.random.default_rng([seed, 2])
-    train, val, singles = [], [], []
+    labels = np.asarray(labels, dtype=np.int64)
+    groups = np.asarray(groups, dtype=np.int64)
+    n = len(labels)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Split(empty, empty)
+    num_groups = int(groups.max()) + 1
+    order = np.lexsort((np.asarray(keys), groups))     # within a group, the smallest key first
+    first = order[np.r_[True, groups[order][1:] != groups[order][:-1]]]
+    group_key = np.empty(num_groups, dtype=object)
+    group_key[groups[first]] = [keys[i] for i in first]
+    score = np.array([group_score(k, seed) for k in group_key])
+    is_val = score < val_frac
+    forced: dict[int, tuple[bool, str]] = {}
+    singles = []
     for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        n = len(idx)
-        if n == 0:
+        gs = np.unique(groups[labels == c])
+        if len(gs) == 0:
             continue
-        idx = idx[rng.permutation(n)]
-        if n == 1:
+        if len(gs) == 1:
             singles.append(c)
-            n_val = 0
-        elif val_frac == 0:
-            n_val = 0
-        else:
-            n_val = min(max(int(np.floor(n * val_frac + 0.5)), 1), n - 1)
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    cat = lambda parts: np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
-    return cat(train), cat(val), singles
+            forced[int(gs[0])] = (False, "the only group of its class (train only)")
+        elif val_frac > 0 and not is_val[gs].any():
+            g = int(gs[np.argmin(score[gs])])
+            forced.setdefault(g, (True, "its class had no val group (lowest score)"))
+        elif is_val[gs].all():
+            g = int(gs[np.argmax(score[gs])])
+            forced[g] = (False, "its class had no train group (highest score)")
+    fallbacks = []
+    for g, (val, why) in sorted(forced.items()):
+        if is_val[g] != val:
+            is_val[g] = val
+            fallbacks.append((np.flatnonzero(groups == g), "val" if val else "train", why))
+    sample_val = is_val[groups]
+    return Split(np.flatnonzero(~sample_val), np.flatnonzero(sample_val), singles, fallbacks)
 
 
 def shard_plan(indices: np.ndarray, labels: np.ndarray, per_shard: int, seed: int) -> list[np.ndarray]:

@@ -53,5 +53,5 @@ def test_the_use_from_python_blocks_run_as_written(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
     assert "torch.Size([3, 64, 64]) torch.uint8" in out and "epoch 1: loss" in out
-    assert "{'train': 31, 'val': 10} 2 shards" in out  # 41 samples: 40 arrays + one file
+    assert "{'train': 34, 'val': 7} 2 shards" in out  # 41 samples: 40 arrays + one file
     assert (tmp_path / "my-shards" / "manifest.json").is_file() and (tmp_path / "runs/from-python/last.pt").is_file()
