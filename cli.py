@@ -194,9 +194,14 @@ def _split_summary(sp: dict, out: Path) -> None:
         for g in sorted(cross, key=lambda g: len(g["paths"]))[:5]:
             more = f" (+{len(g['paths']) - 4} more)" if len(g["paths"]) > 4 else ""
             click.echo(f"  {' ~ '.join(g['paths'][:4])}{more}")
-    for f in sp["fallbacks"]:
+    if sp["fallbacks"]:
+        click.echo(f"{len(sp['fallbacks'])} small-class group(s) placed by the fall-back, not their score "
+                   f"(split.fallbacks in {out}/manifest.json):")
+    for f in sp["fallbacks"][:5]:
         click.echo(f"  {f['paths'][0]}{' (+%d)' % (len(f['paths']) - 1) if len(f['paths']) > 1 else ''} -> "
                    f"{f['split']}: {f['why']}")
+    if len(sp["fallbacks"]) > 5:
+        click.echo(f"  ... and {len(sp['fallbacks']) - 5} more")
     worst = ", ".join(f"{d['class']} {d['val_share']:.0%} of {d['images']}" for d in sp["class_val_share_deviation"])
     click.echo(f"val share furthest from --val-frac: {worst}")
 
@@ -347,15 +352,25 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[CHECKPOINT] PATHS...")
 @click.option("--top-k", type=click.IntRange(1, 1000), default=3, help="Classes shown per image.")
 @click.option("--device", type=DEVICES, default="auto")
-def predict(checkpoint, paths, top_k, device) -> None:
-    """Top-k classes with probabilities for image files or folders."""
+@click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
+              help="Run this exported .onnx file with ONNX Runtime instead of a checkpoint (then every "
+                   "argument is an image or folder).")
+def predict(paths, top_k, device, onnx_path) -> None:
+    """Top-k classes with probabilities for image files or folders: CHECKPOINT PATHS..., or --onnx FILE PATHS..."""
     from pipeline.evaluate import Classifier, predict_paths
 
-    clf = Classifier.from_checkpoint(checkpoint, device)
+    if onnx_path is not None:
+        from pipeline.export import OnnxClassifier
+
+        clf = OnnxClassifier.load(onnx_path)
+    else:
+        if len(paths) < 2:
+            raise click.UsageError("give a checkpoint and at least one image (or --onnx FILE and images)")
+        clf = Classifier.from_checkpoint(paths[0], device)
+        paths = paths[1:]
     results = predict_paths(clf, list(paths), top_k)
     if not results:
         raise UserError(f"no image files found in {', '.join(map(str, paths))}")
@@ -366,6 +381,28 @@ def predict(checkpoint, paths, top_k, device) -> None:
             click.echo(f"{r['path']}: " + ", ".join(f"{n} {p:.3f}" for n, p in r["top"]))
     if any("error" in r for r in results):
         sys.exit(2)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The .onnx file [default: the checkpoint's name with .onnx, beside it].")
+@click.option("--shards", type=click.Path(path_type=Path), default=None,
+              help="Shard set whose images check the export [default: the run's].")
+def export(checkpoint, out, shards) -> None:
+    """Export a checkpoint to ONNX (uint8 NHWC images in, probabilities out), checked against ONNX Runtime."""
+    from pipeline.export import PROB_TOL, export_onnx
+
+    out = out or Path(checkpoint).with_suffix(".onnx")
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; pass --out with a file name such as {out / 'model.onnx'}")
+    r = export_onnx(checkpoint, out, shards)
+    m = r["metadata"]
+    click.echo(f"{out}: {m['model']} for {len(json.loads(m['class_names']))} classes at {m['image_size']} px "
+               f"({r['bytes'] / 1e6:.1f} MB; {'averaged' if m['averaged_weights'] == 'true' else 'trained'} weights"
+               f"{', test-time flip' if m['tta'] == 'true' else ''})")
+    click.echo(f"checked on {r['check_images']} shard images: ONNX Runtime = PyTorch within {r['max_prob_diff']:.1e} "
+               f"in probabilities (tolerance {PROB_TOL:g}), {r['max_logit_diff']:.1e} in logits")
 
 
 @main.command()

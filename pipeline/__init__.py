@@ -9,13 +9,15 @@ The public API (README "Use from Python"); ``cli.py`` is a thin user of it:
     write_set(samples, classes, out)    build a shard set from (image, label) samples
     make_plan(model, recipe, ...)       a training run's configuration (pipeline.train.train runs it)
     Classifier.from_checkpoint(path)    model + label encoder: predict / predict_proba
+    export_onnx(checkpoint, out)        the classifier as ONNX (uint8 NHWC in, probabilities out), checked
     load_checkpoint(path)               a checked, data-only checkpoint dict
 
 Stages, one module each:
     synth         the embedded look-alike dataset (the default a new user runs on)
     discover      class-folder discovery and the skip rules for junk files
     decode        one image file -> uint8 RGB square (reduced-size JPEG decode)
-    split         stratified train/val split and class-interleaved shard plan
+    neardup       perceptual hash per stored image, near-duplicate groups
+    split         train/val split by content (whole groups) and class-interleaved shard plan
     shard_format  the HDF5 shard format: write, open, check, verify (owner module)
     preprocess    the whole preprocess stage (parallel, streaming, atomic), and write_set
     dataset       the per-sample Dataset
@@ -29,6 +31,7 @@ Stages, one module each:
     resume        what continuing a run needs: the checkpoint's plan, the checks before it
     steploop      Ctrl-C at a step boundary, a NaN check that never waits, CUDA sync debugging
     evaluate      evaluate and predict
+    export        ONNX export checked against ONNX Runtime, and the exported file's classifier
     bench         side-by-side throughput against the notebooks' way
 
 Names are imported on first use, so ``import pipeline`` (and ``cli.py
@@ -49,6 +52,7 @@ _EXPORTS = {
     "LoaderConfig": "config", "PreprocessConfig": "config", "TrainPlan": "config", "make_plan": "config",
     "resume_plan": "train",
     "Classifier": "evaluate",
+    "export_onnx": "export", "OnnxClassifier": "export",
     "load_checkpoint": "checkpoint",
     "UserError": "errors",
 }

@@ -3,6 +3,7 @@ against the package installed with pip (not the source tree), from another direc
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -55,3 +56,39 @@ def test_the_use_from_python_blocks_run_as_written(tmp_path):
     assert "torch.Size([3, 64, 64]) torch.uint8" in out and "epoch 1: loss" in out
     assert "{'train': 34, 'val': 7} 2 shards" in out  # 41 samples: 40 arrays + one file
     assert (tmp_path / "my-shards" / "manifest.json").is_file() and (tmp_path / "runs/from-python/last.pt").is_file()
+
+
+def test_the_deploy_blocks_run_as_written(tmp_path):
+    """README "Deploy": its commands (through the CLI) and its Python (ONNX Runtime alone) on a demo run."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = text.split("## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)```", body, flags=re.S)[0]
+    (python,) = re.findall(r"```python\n(.*?)```", body, flags=re.S)
+    os.chdir(tmp_path)
+    try:
+        for args in (["synth", "--out", "data/lookalike", "--scale", "0.01"],
+                     ["preprocess", "--data-dir", "data/lookalike", "--size", "32"],
+                     ["train", "--model", "resnet", "--epochs", "1", "--device", "cpu", "--out", "runs/demo"]):
+            r = CliRunner().invoke(cli.main, args)
+            assert r.exit_code == 0, r.output
+        outputs = []
+        for line in commands.strip().splitlines():
+            argv = shlex.split(line.split("#")[0])
+            assert argv[:2] == ["python", "cli.py"]
+            r = CliRunner().invoke(cli.main, argv[2:])
+            assert r.exit_code == 0, r.output
+            outputs.append(r.output)
+    finally:
+        os.chdir(ROOT)
+    assert (tmp_path / "model.onnx").is_file() and "ONNX Runtime = PyTorch within" in outputs[0]
+    predicted = outputs[1].split(": ", 1)[1].split(" ")[0]
+    script = tmp_path / "deploy.py"
+    script.write_text(python, encoding="utf-8")
+    r = subprocess.run([sys.executable, "-I", str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    name, prob = r.stdout.split()
+    classes = json.loads((tmp_path / "shards" / "manifest.json").read_text())["class_names"]
+    # the same class as `predict --onnx` unless plain PIL decoding tipped a near tie (1-epoch model)
+    assert name in classes and predicted in classes and 0 < float(prob) <= 1
