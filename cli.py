@@ -61,7 +61,7 @@ WORKERS = click.IntRange(0, 512)
 class Group(click.Group):
     """Exit codes: 0 done; 1 a user error, printed as one line (``error: ...``)
     naming the file and the fix; 2 a usage error (click), or ``predict`` with
-    unreadable images; 130 Ctrl-C. Anything else is a bug and keeps its
+    unreadable images; 130 Ctrl-C, 143 SIGTERM. Anything else is a bug and keeps its
     traceback (CUDA OOM and NCCL errors included)."""
 
     def invoke(self, ctx):
@@ -70,9 +70,10 @@ class Group(click.Group):
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
-        except KeyboardInterrupt:  # what was written is whole (train has said where to resume)
-            click.echo("interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # what was written is whole (train has said where to resume)
+            signum = getattr(exc, "signum", 2)      # Ctrl-C, or SIGTERM (a scheduler's preemption) in train
+            click.echo("interrupted" if signum == 2 else f"stopped by {exc}", err=True)
+            ctx.exit(128 + signum)
 
 
 @click.group(cls=Group, context_settings=CONTEXT)

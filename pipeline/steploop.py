@@ -15,31 +15,73 @@ import torch
 from torch import nn
 
 
-class StopRequest:
-    """Ctrl-C asks the loop to stop at the next step boundary, where the state
-    is whole (a KeyboardInterrupt inside ``optimizer.step`` could leave half
-    the weights updated); a second Ctrl-C interrupts at once. Under torchrun
-    (every rank gets the signal at a different step) and off the main thread
-    the default handler stays."""
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal at a step boundary, its state saved; ``signum`` says which
+    (the CLI exits 128 + signum: 130 for Ctrl-C, 143 for SIGTERM)."""
 
-    def __init__(self, active: bool) -> None:
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+# Under torchrun the ranks agree on stopping every this many steps (one
+# all-reduce of a flag): a scheduler's SIGTERM reaches every rank at a
+# slightly different step, and they must stop at the same one to save a
+# whole checkpoint. On CUDA that read is the one host sync of the step loop
+# under torchrun, once per STOP_EVERY steps.
+STOP_EVERY = 10
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM (a scheduler's preemption: SLURM, Kubernetes,
+    torchrun) asks the loop to stop at the next step boundary, where the
+    state is whole (a KeyboardInterrupt inside ``optimizer.step`` could
+    leave half the weights updated); a second signal interrupts at once.
+    Under torchrun the ranks agree on the step through :meth:`agreed`.
+    Off the main thread the default handlers stay."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, active: bool = True) -> None:
         self.requested = False
+        self.signum = int(signal.SIGINT)
         self.active = active and threading.current_thread() is threading.main_thread()
-        self._old = None
+        self._old: dict = {}
 
     def __enter__(self) -> "StopRequest":
         if self.active:
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            raise Stopped(signum)
         self.requested = True
+        self.signum = int(signum)
+
+    def agreed(self, ctx, step: int) -> bool:
+        """Whether to stop after this step; under torchrun every rank gets the same answer.
+
+        Args:
+            ctx: the run's distributed context (``ctx.distributed``, ``ctx.device``).
+            step: steps done in this epoch; ranks compare flags every STOP_EVERY steps.
+        """
+        if not ctx.distributed:
+            return self.requested
+        if step % STOP_EVERY:
+            return False
+        import torch.distributed as dist
+
+        flag = torch.tensor([int(self.requested), self.signum if self.requested else 0], device=ctx.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if int(flag[0]) and not self.requested:
+            self.requested, self.signum = True, int(flag[1])
+        return bool(int(flag[0]))
 
     def __exit__(self, *exc) -> None:
-        if self.active:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
 
 
 class Holder(nn.Module):

@@ -41,7 +41,7 @@ from .optim import WeightEma, lr_at, make_optimizer, set_lr
 from .resume import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via pipeline.train)
 from .runtime import Precision, configure_cuda, resolve_device
 from .shard_format import ShardSet, open_set
-from .steploop import Holder, NanCheck, StopRequest, sync_debug
+from .steploop import Holder, NanCheck, Stopped, StopRequest, sync_debug
 
 logger = logging.getLogger(__name__)
 
@@ -222,15 +222,15 @@ class Trainer:
                 "shards_fingerprint": self.sset.manifest.get("fingerprint")}, indent=2) + "\n")
         start = self.position["epoch"]
         last = o.epochs if stop_after is None else min(o.epochs, start + stop_after)
-        with StopRequest(active=not ctx.distributed) as stop:
+        with StopRequest() as stop:
             for epoch in range(start, last):
                 stats = self._train_epoch(epoch, stop, on_step)
                 if stats is None:  # stopped inside the epoch: interrupted.pt holds the position
-                    raise KeyboardInterrupt
+                    raise Stopped(stop.signum)
                 self._end_epoch(epoch, stats)
-                if stop.requested and epoch + 1 < last:
+                if stop.agreed(ctx, 0) and epoch + 1 < last:
                     self.say(f"interrupted after epoch {epoch + 1}; continue with --resume {self.out / 'last.pt'}")
-                    raise KeyboardInterrupt
+                    raise Stopped(stop.signum)
                 if self._over_budget(epoch) and epoch + 1 < last:
                     self.say(f"time budget of {self.plan.run.minutes:g} min: stopping after epoch {epoch + 1} "
                              f"(another would end past it); --resume {self.out / 'last.pt'} --epochs "
@@ -309,6 +309,8 @@ class Trainer:
         dev = self.ctx.device
         sums = (self.position.get("sums") if first else None) or {"loss": 0.0, "correct": 0, "seen": 0,
                                                                     "wait": 0.0, "seconds": 0.0}
+        if ctx.distributed and ctx.rank:   # a partial epoch's sums were saved over all ranks: rank 0 carries them
+            sums = {**sums, "loss": 0.0, "correct": 0, "seen": 0}
         loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=dev)
         correct = torch.tensor(sums["correct"], dtype=torch.int64, device=dev)
         bad = torch.zeros((), dtype=torch.int64, device=dev)  # applied steps with a non-finite loss
@@ -341,14 +343,19 @@ class Trainer:
                 # every rank stops together instead of one hanging.
                 if step % 20 == 0 and not ctx.distributed and check.failed():
                     break
-                if stop.requested and step < self.steps:
+                if step < self.steps and stop.agreed(ctx, step):
                     break
         bar.close()
         if stop.requested and step < self.steps and not check.failed(final=True):
+            if ctx.distributed:  # the partial epoch's sums over every rank
+                part = dd.all_reduce_sum(ctx, torch.stack([loss_sum, correct.double(),
+                                                           torch.tensor(float(seen), dtype=torch.float64, device=dev)]))
+                loss_sum, correct, seen = part[0], part[1].long(), int(part[2])
             self.position = {"epoch": epoch, "step": step, "sums": {
                 "loss": float(loss_sum), "correct": int(correct), "seen": seen,
                 "wait": sums["wait"] + batches.seconds, "seconds": time.perf_counter() - t0}}
-            self._save("interrupted.pt", self._payload(self.position, gather=False))
+            # under torchrun every rank stopped at this step: gather their RNG states, rank 0 writes
+            self._save("interrupted.pt", self._payload(self.position, gather=ctx.distributed))
             self.say(f"interrupted in epoch {epoch + 1} after batch {step} of {self.steps}; continue with "
                      f"--resume {self.out / 'interrupted.pt'}")
             return None

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pipeline import shard_format as sf
@@ -57,3 +58,26 @@ def test_two_gloo_ranks_split_the_epoch_and_stay_in_sync(easy_shards, tmp_path):
     per_rank = [[i for b in x["samples"] if b[0] == 1 for i in b[1:]] for x in (resumed, other)]
     assert not set(per_rank[0]) & set(per_rank[1]) and len(per_rank[0]) == len(per_rank[1]) == n // 2
     assert resumed["weights"] == other["weights"]
+
+
+def test_sigterm_on_one_rank_stops_both_at_the_same_step_and_resume_equals_the_full_run(easy_shards, tmp_path):
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    r = _torchrun(easy_shards, tmp_path / "full", trace, "--full")
+    assert r.returncode == 0, r.stdout + r.stderr
+    full = json.loads((trace / "rank0-full.json").read_text())["history"]
+    run = tmp_path / "run"
+    r = _torchrun(easy_shards, run, trace, "--sigterm")
+    assert r.returncode != 0                                          # the job stopped...
+    stopped = [json.loads((trace / f"rank{k}-stopped.json").read_text()) for k in (0, 1)]
+    assert [s["signum"] for s in stopped] == [15, 15]                 # ...both ranks, as SIGTERM
+    ck = torch.load(run / "interrupted.pt", weights_only=True)        # written by rank 0 alone
+    assert ck["position"]["epoch"] == 1 and ck["position"]["step"] == 2 and len(ck["rng"]) == 2
+    r = _torchrun(easy_shards, run, trace, "--resume")
+    assert r.returncode == 0, r.stdout + r.stderr
+    resumed = json.loads((trace / "rank0-resumed.json").read_text())["history"]
+    assert [h["epoch"] for h in resumed] == [1, 2]
+    for a, b in zip(resumed, full):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-12)   # sums added in another order
+        assert [a[k] for k in ("train_acc", "val_loss", "val_acc", "val_f1")] == \
+            [b[k] for k in ("train_acc", "val_loss", "val_acc", "val_f1")]

@@ -93,6 +93,43 @@ def test_ctrl_c_mid_epoch_then_resume_equals_the_uninterrupted_run(easy_shards, 
     assert not (out / "interrupted.pt").exists()  # superseded by last.pt
 
 
+def _signal_at(epoch: int, step: int, signum=signal.SIGTERM):
+    def hook(e, s):
+        if (e, s) == (epoch, step):
+            os.kill(os.getpid(), signum)
+    return hook
+
+
+def test_sigterm_mid_epoch_stops_at_a_step_writes_interrupted_and_resume_equals_the_full_run(easy_shards, tmp_path):
+    full = train(easy_shards, plan(tmp_path / "full"))["history"]
+    out = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(easy_shards, plan(out), on_step=_signal_at(1, 3))
+    assert info.value.signum == signal.SIGTERM
+    ck = load_checkpoint(out / "interrupted.pt", for_resume=True)
+    assert ck["position"]["epoch"] == 1 and ck["position"]["step"] == 3
+    resumed = train(easy_shards, plan(out), resume=out / "interrupted.pt")["history"]
+    assert [[r[k] for k in KEYS] for r in resumed] == [[r[k] for k in KEYS] for r in full]
+
+
+def test_cli_sigterm_exits_143_with_a_line_saying_where_to_resume(easy_shards, tmp_path, monkeypatch):
+    real = train_mod.Trainer._train_epoch
+
+    def preempted(self, epoch, stop, on_step):   # the scheduler's SIGTERM arrives after step 2 of epoch 1
+        return real(self, epoch, stop, on_step or _signal_at(0, 2))
+    monkeypatch.setattr(train_mod.Trainer, "_train_epoch", preempted)
+    out = tmp_path / "run"
+    r = run("train", "--shards", easy_shards, "--model", "cnn4conv", "--epochs", 2, "--device", "cpu",
+            "--workers", 0, "--batch-size", 16, "--out", out)
+    assert r.exit_code == 143, r.output
+    assert f"continue with --resume {out / 'interrupted.pt'}" in r.output and "stopped by SIGTERM" in r.output
+    assert "Traceback" not in r.output
+    monkeypatch.undo()
+    r = run("train", "--resume", out / "interrupted.pt", "--workers", 0, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert [h["epoch"] for h in load_checkpoint(out / "last.pt")["history"]] == [1, 2]
+
+
 def test_cli_resume_takes_model_and_recipe_from_the_checkpoint_and_extends(finished, tmp_path, monkeypatch):
     out = Path(shutil.copytree(finished, tmp_path / "run"))
     r = run("train", "--resume", out / "last.pt", "--epochs", 2, "--workers", 0, "--device", "cpu")
