@@ -23,6 +23,7 @@ PATH (why)".
 
 from __future__ import annotations
 
+import io
 import zipfile
 from pathlib import Path
 
@@ -55,8 +56,17 @@ def set_rng_state(state: dict, transform) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Atomic save: a crash or a full disk mid-write never destroys the previous checkpoint."""
-    atomic_write(Path(path), lambda tmp: torch.save({**payload, "format": FORMAT}, tmp))
+    """Atomic save: a crash or a refused write mid-way never destroys the previous checkpoint.
+
+    The archive is built in memory and written by Python: torch's own zip
+    writer reports an OS failure (quota, file-size limit, I/O error) as a
+    RuntimeError without its errno, which would reach the user as a C++
+    stack; a Python write raises the OSError that :func:`atomic_write` turns
+    into one line naming the file and the reason.
+    """
+    buf = io.BytesIO()
+    torch.save({**payload, "format": FORMAT}, buf)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
 def _foreign(path: Path, why: str) -> CheckpointError:

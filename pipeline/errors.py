@@ -21,8 +21,9 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 
 class UserError(Exception):
@@ -33,7 +34,12 @@ class ConfigError(UserError, ValueError):
     """An option out of its range (also a ValueError, for callers that expect one)."""
 
 
-class DiskFullError(UserError, OSError):
+class WriteError(UserError, OSError):
+    """A write the operating system refused (quota, file-size limit, I/O error, read-only
+    disk, permissions); nothing half-written is left behind, the previous file is kept."""
+
+
+class DiskFullError(WriteError):
     """A write that ran out of space; nothing half-written is left behind."""
 
 
@@ -41,20 +47,43 @@ class BusyError(UserError):
     """Another process holds the folder's lock."""
 
 
-_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# What to do about each refusal, by errno (the message names the file and the reason first).
+_FIX = {
+    errno.EFBIG: "the file-size limit of this filesystem or process (`ulimit -f`) is below it; raise it or "
+                 "write elsewhere",
+    errno.EIO: "the disk reported an I/O error; check it and run again",
+    errno.EROFS: "the filesystem is read-only; write to another folder",
+    errno.EACCES: "no permission to write there; write to another folder",
+    errno.EPERM: "no permission to write there; write to another folder",
+}
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _errno(exc: Exception) -> Optional[int]:
+    """The errno of an OSError, also where h5py carries it only in its text (``errno = 28``)."""
+    if getattr(exc, "errno", None) is not None:
+        return exc.errno
+    m = _H5_ERRNO.search(str(exc))
+    return int(m.group(1)) if m else (errno.ENOSPC if "No space left on device" in str(exc) else None)
 
 
 @contextlib.contextmanager
 def disk_errors(path: Path) -> Iterator[None]:
-    """Turn "no space" errors raised inside into :class:`DiskFullError` naming ``path``."""
+    """Turn the OS refusing a write inside into one line naming ``path``, the reason and the fix:
+    :class:`DiskFullError` for a full disk or quota, :class:`WriteError` for the rest."""
     try:
         yield
-    except DiskFullError:
+    except WriteError:
         raise
-    except OSError as exc:
-        # h5py reports a full disk as an OSError without errno, in its text
-        if exc.errno in _FULL or "No space left on device" in str(exc) or "errno = 28" in str(exc):
+    except (OSError, RuntimeError) as exc:   # HDF5 reports a refused write on close as a RuntimeError
+        if isinstance(exc, RuntimeError) and not _H5_ERRNO.search(str(exc)):
+            raise
+        code = _errno(exc)
+        if code in _FULL:
             raise DiskFullError(f"no space left on device: {path}; free some space and run again") from None
+        if code in _FIX:
+            raise WriteError(f"cannot write {path}: {os.strerror(code)}; {_FIX[code]}") from None
         raise
 
 
