@@ -109,8 +109,10 @@ def info() -> None:
 def synth(out: Path, scale: float, seed: int, workers: int | None) -> None:
     """Generate the embedded look-alike Simpsons set (42 classes, real counts and quirks)."""
     from pipeline.config import SynthConfig
+    from pipeline.errors import expect_folder
     from pipeline.synth import generate
 
+    expect_folder(out, "--out", "pass --out with a new or empty folder")
     try:
         summary = generate(out, SynthConfig(scale=scale, seed=seed), workers=workers, progress=True)
     except (ValueError, OSError) as exc:
@@ -223,8 +225,10 @@ def verify(out: Path) -> None:
     click.echo(f"{out}: {len(m['shards'])} shards OK ({m['counts']['train']} train, {m['counts']['val']} val)")
 
 
-# What --resume takes from the checkpoint; giving one of these with it is refused.
-RECIPE_OPTIONS = ("model_name", "recipe", "batch_size", "lr", "seed", "augment", "balance", "tta", "ema")
+# What --resume takes from the checkpoint (parameter -> pipeline.resume.RECIPE_KEYS name); a value
+# given with it must equal the checkpoint's.
+RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
+                  "augment": "augment", "balance": "balance", "tta": "tta", "ema": "ema"}
 
 
 @main.command()
@@ -279,19 +283,17 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
     from pipeline.checkpoint import load_checkpoint
     from pipeline.config import make_plan
     from pipeline.env import default_workers
+    from pipeline.resume import check_given, resume_shards
     from pipeline.train import resume_plan
     from pipeline.train import train as run
 
     workers = default_workers() if workers is None else workers
     ckpt = None
+    given = lambda name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
     if resume is not None:
-        given = [p.opts[0] for p in ctx.command.params if p.name in RECIPE_OPTIONS
-                 and ctx.get_parameter_source(p.name) == click.core.ParameterSource.COMMANDLINE]
-        if given:
-            raise UserError(f"--resume continues {resume} with its own model and recipe; drop {', '.join(given)}")
         ckpt = load_checkpoint(resume, for_resume=True)
-        if ctx.get_parameter_source("shards") != click.core.ParameterSource.COMMANDLINE and ckpt.get("shards"):
-            shards = Path(ckpt["shards"])  # the set it trained on (checked against it all the same)
+        check_given(ckpt, resume, {key: ctx.params[p] for p, key in RECIPE_OPTIONS.items() if given(p)})
+        shards = resume_shards(ckpt, resume, shards if given("shards") else None)
         plan = resume_plan(ckpt, epochs=epochs, device=device, amp=amp, compile=compile_, exact=exact,
                            sync_bn=sync_bn, out=str(out or resume.parent), workers=workers, cache=cache,
                            minutes=minutes)
@@ -325,7 +327,10 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
     """Accuracy, macro-F1, per-class precision/recall/F1 and a confusion matrix."""
     from pipeline.evaluate import Classifier, evaluate_dir, evaluate_shards
 
-    out = out or checkpoint.parent
+    from pipeline.errors import expect_file_target, expect_folder
+
+    out = expect_folder(out or checkpoint.parent, "--out", "pass --out with a folder for the report's files")
+    json_path = json_path and expect_file_target(json_path, "--json")
     clf = Classifier.from_checkpoint(checkpoint, device)
     rep = (evaluate_dir(clf, data_dir, out, progress=True) if data_dir
            else evaluate_shards(clf, shards, split, out))
@@ -349,7 +354,9 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
         click.echo(f"  confused {w['true']} -> {w['predicted']}: {w['count']} ({100 * w['share']:.0f}% of {w['true']})")
     click.echo(f"confusion matrix: {rep['confusion_matrix_png']}; per-class table: {rep['per_class_csv']}")
     if json_path:
-        json_path.write_text(json.dumps(rep, indent=2) + "\n")
+        from pipeline.errors import write_text
+
+        write_text(json_path, json.dumps(rep, indent=2) + "\n")
 
 
 @main.command()
@@ -428,7 +435,10 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     from pipeline.config import BenchConfig, check_image_size
     from pipeline.env import default_workers
 
+    from pipeline.errors import expect_file_target
+
     size = check_image_size(size)  # before resolve_data_dir, which may generate the look-alike set (~45 s)
+    json_path = json_path and expect_file_target(json_path, "--json")
     cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=size, model=model_name,
                       workers=workers or default_workers(), batch_size=batch_size or (32 if quick else 128),
                       quick=quick, limit=limit if limit is not None else (600 if quick else 0),
@@ -469,8 +479,9 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
             click.echo(f"   {key:<5} ({t['dtype']:<8})  {t['compute_images_per_s']:13.1f}  "
                        f"{t['end_to_end_images_per_s']:16.1f}  {100 * t['data_wait_share']:8.2f}%")
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(r, indent=2, default=str) + "\n")
+        from pipeline.errors import write_text
+
+        write_text(json_path, json.dumps(r, indent=2, default=str) + "\n")
         click.echo(f"\nwrote {json_path}")
 
 

@@ -90,6 +90,10 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
         CheckpointError: missing, not loadable as data, or not this tool's.
     """
     path = Path(path)
+    if path.is_dir():
+        found = [n for n in ("interrupted.pt", "last.pt", "best.pt") if (path / n).is_file()]
+        raise CheckpointError(f"{path}: is a run folder, not a checkpoint; pass "
+                              + (f"{path / found[0]}" if found else "the last.pt or best.pt of a run folder"))
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint; pass the last.pt or best.pt of a run folder")
     if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive

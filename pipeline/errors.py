@@ -87,6 +87,31 @@ def disk_errors(path: Path) -> Iterator[None]:
         raise
 
 
+def expect_folder(path: Path, what: str, fix: str) -> Path:
+    """``path`` unless it exists and is not a folder (a file where a folder belongs).
+
+    Args:
+        what: the option or role, for the message (``--out``, ``the shard folder``).
+        fix: what to pass instead.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: is a file, not a folder ({what}); {fix}")
+    return path
+
+
+def expect_file_target(path: Path, what: str) -> Path:
+    """``path`` unless it is a folder (a folder where a file to write belongs); its parent is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder ({what} names a file to write); pass a file name such as "
+                        f"{path / 'report.json'}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UserError(f"{path.parent}: is a file, not a folder; pass {what} inside a folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through ``write(tmp)`` then rename: whole or not at all.
 

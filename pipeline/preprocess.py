@@ -51,7 +51,7 @@ from . import shard_format as sf
 from .config import PreprocessConfig, to_dict
 from .decode import DecodeError, decode_bytes, decode_image
 from .discover import DatasetError, Discovery, discover
-from .errors import FolderLock, UserError, disk_errors
+from .errors import FolderLock, UserError, disk_errors, expect_folder
 from .env import cpu_count, environment
 from .neardup import dhash, group
 from .split import SPLIT_RULE, content_split, shard_plan
@@ -407,6 +407,7 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
         DiskFullError: no space left on device (the previous set is kept).
     """
     t0 = time.perf_counter()
+    _check_out(out)  # before discovery, which can take a while on a large folder
     disc = discover(Path(data_dir))
     return _write(Items.from_discovery(disc), Path(out), cfg, disc.fingerprint(), str(Path(data_dir).resolve()),
                   workers, force, progress, t0)
@@ -445,10 +446,15 @@ def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: Pre
     return _write(items, Path(out), cfg, items.fingerprint(), "python samples", workers, force, progress, t0)
 
 
+def _check_out(out: Path) -> None:
+    expect_folder(out, "--out, the shard folder", "pass --out with a folder (new, or one preprocess wrote)")
+
+
 def _write(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str, source: str,
            workers: Optional[int], force: bool, progress: bool, t0: float) -> dict:
     """The commit protocol around :func:`_build`: lock, leftovers, ownership, up-to-date test."""
     options = to_dict(cfg)
+    _check_out(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"

@@ -8,6 +8,7 @@ optimiser, scaler, RNGs, position) in ``Trainer.restore``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -62,13 +63,76 @@ def check_resume(ckpt: dict, plan: TrainPlan, resume: Path, classes: list, size:
 
 
 RUN_FILES = ("last.pt", "best.pt", "interrupted.pt", "metrics.csv", "config.json", "curves.png")
+CHECKPOINTS = ("interrupted.pt", "last.pt", "best.pt")
 
 
-def check_out(out: Path, resume: Optional[Path]) -> None:
-    """A new run never overwrites another run's files; a resumed one continues in place."""
+def _our_config(path: Path) -> bool:
+    """Is ``path`` a config.json this tool wrote (a run's plan)?"""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(data, dict) and {"model", "optim", "loader", "run"} <= data.keys()
+    except (OSError, ValueError):
+        return False
+
+
+def check_out(out: Path, resume: Optional[Path], shards: Optional[Path] = None) -> None:
+    """A new run never overwrites another run's files; a resumed one continues in place.
+
+    A folder whose only run file is a config.json of this tool (a run stopped
+    before its first checkpoint) holds nothing to protect: a new run starts
+    there. The run folder may not be, or lie inside, the shard folder.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, not a folder (--out names the run folder); pass another --out")
+    if shards is not None:
+        s, o = Path(shards).resolve(), out.resolve()
+        if o == s or s in o.parents:
+            raise UserError(f"{out}: is inside the shard folder {shards}; pass an --out outside it, such as "
+                            f"runs/NAME")
     existing = [n for n in RUN_FILES if (out / n).exists()]
+    if existing == ["config.json"] and _our_config(out / "config.json"):
+        return  # stopped before it trained anything: nothing to resume, nothing to keep
     if existing and (resume is None or Path(resume).resolve().parent != out.resolve()):
-        raise TrainingError(f"{out} already holds a run ({', '.join(existing)}); continue it with --resume "
-                            f"{out / ('last.pt' if 'last.pt' in existing else existing[0])} or pass another --out")
+        checkpoint = next((n for n in CHECKPOINTS if n in existing), None)
+        how = f"continue it with --resume {out / checkpoint} or pass" if checkpoint else "pass"
+        raise TrainingError(f"{out} already holds a run ({', '.join(existing)}); {how} another --out")
 
 
+# --resume takes these from the checkpoint; a value given with it must equal the checkpoint's.
+RECIPE_KEYS = {"model": ("model", "name"), "recipe": ("run", "recipe"), "batch_size": ("loader", "batch_size"),
+               "lr": ("optim", "lr"), "seed": ("run", "seed"), "augment": ("loader", "augment"),
+               "balance": ("loader", "balance"), "tta": ("run", "tta"), "ema": ("optim", "ema")}
+
+
+def check_given(ckpt: dict, resume: Path, given: dict) -> None:
+    """Recipe options given with ``--resume`` must equal the checkpoint's (users rerun their command
+    line with ``--resume`` appended); a different value is refused, naming both.
+
+    Args:
+        given: option name (a RECIPE_KEYS key) -> the value given.
+    """
+    cfg = ckpt["config"]
+    for name, value in given.items():
+        part, key = RECIPE_KEYS[name]
+        had = cfg.get(part, {}).get(key)
+        same = had == value or (isinstance(had, (int, float)) and isinstance(value, (int, float))
+                                and float(had) == float(value))
+        if not same:
+            flag = "--" + name.replace("_", "-")
+            raise TrainingError(f"{resume} was trained with {flag} {had!r}, not {value!r}; --resume continues the "
+                                f"checkpoint's own recipe: drop {flag} (or start a new run with another --out)")
+
+
+def resume_shards(ckpt: dict, resume: Path, given: Optional[Path]) -> Path:
+    """The shard folder a resumed run reads: ``given``, else the checkpoint's, which must still be there."""
+    if given is not None:
+        return Path(given)
+    recorded = ckpt.get("shards")
+    if not recorded:
+        return Path("shards")
+    if not (Path(recorded) / "manifest.json").is_file():
+        raise TrainingError(f"{recorded}: the shard folder {resume} was trained on is not there (moved or "
+                            f"deleted); if it moved, pass its new place: --resume {resume} --shards NEW_PLACE "
+                            f"(its classes and size are checked)")
+    return Path(recorded)

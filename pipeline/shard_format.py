@@ -207,6 +207,9 @@ def read_manifest(root: Path) -> dict:
             JSON, another format version, or entries this code cannot trust.
     """
     path = Path(root) / MANIFEST
+    if Path(root).exists() and not Path(root).is_dir():
+        raise ShardError(f"{root}: is a file, not a shard folder; pass the folder `python cli.py preprocess "
+                         f"--out` wrote (it holds manifest.json)")
     if not path.is_file():
         raise ShardError(f"{root}: no {MANIFEST}, so no complete shard set; "
                          f"run `python cli.py preprocess --out {root}`")

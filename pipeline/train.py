@@ -95,7 +95,7 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         if ckpt is not None:
             check_resume(ckpt, plan, resume, classes, size, ctx.world_size)
         if ctx.is_main:
-            check_out(Path(plan.run.out), resume)
+            check_out(Path(plan.run.out), resume, shards)
         trainer = Trainer(sset, train_split, val_split, plan, ctx, say if ctx.is_main else (lambda _m: None),
                           progress and ctx.is_main)
         trainer.sync_debug = sync_debug

@@ -135,8 +135,9 @@ def test_cli_resume_takes_model_and_recipe_from_the_checkpoint_and_extends(finis
     r = run("train", "--resume", out / "last.pt", "--epochs", 2, "--workers", 0, "--device", "cpu")
     assert r.exit_code == 1 and "trained 2 of 2 epochs already" in r.output and "--epochs N" in r.output
     r = run("train", "--resume", out / "last.pt", "--model", "bart")
-    assert r.exit_code == 1 and r.output.strip() == (f"error: --resume continues {out / 'last.pt'} with its own "
-                                                     f"model and recipe; drop --model")
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"error: {out / 'last.pt'} was trained with --model 'cnn4conv', not 'bart'; --resume continues the "
+        f"checkpoint's own recipe: drop --model (or start a new run with another --out)")
     reads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda f, *a, **k: reads.append(str(f)) or real_load(f, *a, **k))
@@ -544,3 +545,84 @@ def test_a_new_run_never_overwrites_another_runs_files(finished, easy_shards, tm
     assert snapshot(out) == before
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(out / "nothing.pt")
+
+
+# Paths of the wrong kind, refusals that name a command that works, --resume with one's own options -------
+
+def test_every_path_option_of_the_wrong_kind_is_one_line(finished, easy_shards, tmp_path):
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("mine\n")
+    a_dir = tmp_path / "a_dir"
+    a_dir.mkdir()
+    cases = [
+        (["synth", "--out", a_file, "--scale", "0.001"], "is a file, not a folder"),
+        (["preprocess", "--data-dir", a_file, "--out", tmp_path / "o"], "no such folder"),
+        (["preprocess", "--data-dir", tmp_path, "--out", a_file], "is a file, not a folder"),
+        (["verify", "--out", a_file], "is a file, not a shard folder"),
+        (["train", "--shards", a_file], "is a file, not a shard folder"),
+        (["train", "--shards", easy_shards, "--out", a_file], "is a file, not a folder"),
+        (["train", "--shards", easy_shards, "--out", easy_shards], "inside the shard folder"),
+        (["train", "--shards", easy_shards, "--out", easy_shards / "run"], "inside the shard folder"),
+        (["train", "--resume", finished], f"is a run folder, not a checkpoint; pass {finished / 'last.pt'}"),
+        (["evaluate", finished, "--shards", easy_shards], "is a run folder, not a checkpoint"),
+        (["evaluate", finished / "best.pt", "--shards", a_file], "is a file, not a shard folder"),
+        (["evaluate", finished / "best.pt", "--shards", easy_shards, "--out", a_file], "is a file, not a folder"),
+        (["evaluate", finished / "best.pt", "--shards", easy_shards, "--json", a_dir], "is a folder"),
+        (["predict", finished, a_file], "is a run folder, not a checkpoint"),
+        (["export", finished / "best.pt", "--out", a_dir], "is a folder"),
+        (["bench", "--quick", "--data-dir", tmp_path, "--json", a_dir], "is a folder"),
+    ]
+    for args, said in cases:
+        r = run(*args)
+        assert r.exit_code == 1, (args, r.output)
+        assert r.output.startswith("error: ") and r.output.count("\n") == 1 and said in r.output, (args, r.output)
+    assert a_file.read_text() == "mine\n" and list(a_dir.iterdir()) == []
+    assert not (easy_shards / "run").exists() and not (easy_shards / "last.pt").exists()
+
+
+def test_a_folder_holding_only_a_config_json_is_not_a_run_to_protect(finished, easy_shards, tmp_path):
+    out = tmp_path / "killed"
+    out.mkdir()
+    shutil.copy(finished / "config.json", out / "config.json")     # killed before its first checkpoint
+    r = run("train", "--shards", easy_shards, "--model", "cnn4conv", "--epochs", 1, "--device", "cpu",
+            "--workers", 0, "--out", out)
+    assert r.exit_code == 0, r.output
+    assert (out / "last.pt").is_file()
+    # a config.json this tool did not write is the user's: refused, and the advice works
+    mine = tmp_path / "project"
+    mine.mkdir()
+    (mine / "config.json").write_text('{"learning_rate": 1}')
+    r = run("train", "--shards", easy_shards, "--epochs", 1, "--out", mine)
+    assert r.exit_code == 1 and "pass another --out" in r.output and "--resume" not in r.output
+    assert (mine / "config.json").read_text() == '{"learning_rate": 1}'
+    # a real run: the advice (--resume its checkpoint) is a command that works
+    r = run("train", "--shards", easy_shards, "--model", "cnn4conv", "--epochs", 1, "--out", out)
+    assert r.exit_code == 1 and f"continue it with --resume {out / 'interrupted.pt'}" not in r.output
+    advice = r.output.split("--resume ")[1].split(" ")[0]
+    r = run("train", "--resume", advice, "--epochs", 2, "--device", "cpu", "--workers", 0)
+    assert r.exit_code == 0, r.output
+
+
+def test_resume_accepts_its_own_recipe_options_and_names_both_values_of_a_different_one(finished, tmp_path):
+    out = Path(shutil.copytree(finished, tmp_path / "run"))
+    ck = load_checkpoint(out / "last.pt")
+    lr = ck["config"]["optim"]["lr"]
+    r = run("train", "--resume", out / "last.pt", "--model", "cnn4conv", "--lr", lr, "--batch-size", 16,
+            "--seed", 0, "--epochs", 3, "--device", "cpu", "--workers", 0)
+    assert r.exit_code == 0, r.output
+    r = run("train", "--resume", out / "last.pt", "--lr", 0.5, "--epochs", 4)
+    assert r.exit_code == 1 and f"was trained with --lr {lr!r}, not 0.5" in r.output and "drop --lr" in r.output
+
+
+def test_resume_after_the_shard_folder_moved_says_how_to_point_at_its_new_place(easy_shards, tmp_path):
+    shards = Path(shutil.copytree(easy_shards, tmp_path / "shards"))
+    out = tmp_path / "run"
+    train(shards, plan(out, epochs=1))
+    moved = shards.rename(tmp_path / "elsewhere")
+    r = run("train", "--resume", out / "last.pt", "--epochs", 2, "--device", "cpu", "--workers", 0)
+    assert r.exit_code == 1 and "not there (moved or deleted)" in r.output and "preprocess" not in r.output
+    assert f"--resume {out / 'last.pt'} --shards NEW_PLACE" in r.output
+    r = run("train", "--resume", out / "last.pt", "--shards", moved, "--epochs", 2, "--device", "cpu",
+            "--workers", 0)
+    assert r.exit_code == 0, r.output
+    assert [h["epoch"] for h in load_checkpoint(out / "last.pt")["history"]] == [1, 2]
