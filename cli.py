@@ -18,11 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
-import math
-
 import click
 
-from pipeline.config import NEAR_DUP_MAX
+from pipeline import config as cfg
 from pipeline.errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -31,31 +29,29 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 # The names model.MODELS registers, spelled out so that `--help` and the
 # data commands do not import torch (tests/test_model.py checks they agree).
 MODELS = click.Choice(["bart", "cnn4conv", "resnet"])
-DEVICES = click.Choice(["auto", "cpu", "cuda"])
+DEVICES = click.Choice(list(cfg.DEVICES))
 
 
-class Finite(click.ParamType):
-    """A float in [lo, hi] (open at an end with ``lo_open`` / ``hi_open``): inf and nan are refused where they enter."""
+class Bounded(click.ParamType):
+    """A number in the named option's range (``pipeline.config.RANGES``, where the configs check it
+    too): inf and nan are refused where they enter, as a usage error."""
 
-    name = "number"
-
-    def __init__(self, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+    def __init__(self, option: str) -> None:
+        self.range = cfg.RANGES[option]
+        self.name = "integer" if self.range.integer else "number"
 
     def convert(self, value, param, ctx):
         try:
-            v = float(value)
+            v = int(value) if self.range.integer and not isinstance(value, float) else float(value)
         except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if (not math.isfinite(v) or v > self.hi or v < self.lo or (self.lo_open and v == self.lo)
-                or (self.hi_open and v == self.hi)):
-            self.fail(f"{value} is not a finite number in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
-                      f"{')' if self.hi_open else ']'}", param, ctx)
+            self.fail(f"{value!r} is not a{'n integer' if self.range.integer else ' number'}", param, ctx)
+        if not self.range.holds(v):
+            self.fail(f"{value} is not a {'whole' if self.range.integer else 'finite'} number in "
+                      f"{self.range.text()}", param, ctx)
         return v
 
 
-SIZE = click.IntRange(16, 1024)   # and a multiple of 16: config.check_image_size, one rule for every stage
-WORKERS = click.IntRange(0, 512)
+SIZE = Bounded("size")   # and a multiple of 16: config.check_image_size, one rule for every stage
 
 
 class Group(click.Group):
@@ -102,10 +98,10 @@ def info() -> None:
 
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data/lookalike"), help="Destination folder.")
-@click.option("--scale", type=Finite(0, 100, lo_open=True), default=1.0,
+@click.option("--scale", type=Bounded("scale"), default=1.0,
               help="Times the real per-class counts (1.0 = 16,764 images).")
 @click.option("--seed", type=int, default=0, help="Same seed, same bytes.")
-@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Processes [default: CPU count].")
+@click.option("--workers", type=Bounded("processes"), default=None, help="Processes [default: CPU count].")
 def synth(out: Path, scale: float, seed: int, workers: int | None) -> None:
     """Generate the embedded look-alike Simpsons set (42 classes, real counts and quirks)."""
     from pipeline.config import SynthConfig
@@ -143,18 +139,18 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="One sub-folder per class [default: characters_train/ if present, else the look-alike set].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
-@click.option("--val-frac", type=Finite(0, 0.9), default=0.15,
+@click.option("--val-frac", type=Bounded("val_frac"), default=0.15,
               help="Validation share (of the near-duplicate groups; every class with 2+ groups gets one).")
 @click.option("--seed", type=int, default=42, help="Seeds the split and the shard order.")
-@click.option("--near-dup", type=click.IntRange(0, NEAR_DUP_MAX), default=6,
+@click.option("--near-dup", type=Bounded("near_dup"), default=6,
               help="Images whose perceptual hashes differ in at most this many of 64 bits are one group, "
                    "kept on one side of the split (0: byte-identical files only).")
-@click.option("--fit", type=click.Choice(["squash", "pad", "crop"]), default="squash",
+@click.option("--fit", type=click.Choice(list(cfg.FIT_POLICIES)), default="squash",
               help="Aspect policy: squash (the notebooks'), pad or crop.")
-@click.option("--shard-mb", type=Finite(0, 4096, lo_open=True), default=64.0, help="Target shard size in MB.")
-@click.option("--compression", type=click.Choice(["none", "gzip", "lzf"]), default="none",
+@click.option("--shard-mb", type=Bounded("shard_mb"), default=64.0, help="Target shard size in MB.")
+@click.option("--compression", type=click.Choice(list(cfg.COMPRESSIONS)), default="none",
               help="HDF5 compression (none is fastest to read).")
-@click.option("--workers", type=click.IntRange(1, 512), default=None, help="Decode processes [default: CPU count].")
+@click.option("--workers", type=Bounded("processes"), default=None, help="Decode processes [default: CPU count].")
 @click.option("--force", is_flag=True, help="Rebuild even if the shards are up to date.")
 def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, compression, workers, force) -> None:
     """Decode every image once, resize in parallel, split by content, write class-balanced HDF5 shards."""
@@ -236,30 +232,30 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
               help="Shard folder [with --resume: the checkpoint's].")
 @click.option("--model", "model_name", type=MODELS, default="resnet",
               help="Architecture: resnet (compact, fastest to accuracy here), or the notebooks' bart and cnn4conv.")
-@click.option("--recipe", type=click.Choice(["default", "notebook"]), default="default",
+@click.option("--recipe", type=click.Choice(list(cfg.RECIPES)), default="default",
               help="default: best measured; notebook: the model's notebook hyper-parameters exactly.")
-@click.option("--epochs", type=click.IntRange(1, 100_000), default=None,
+@click.option("--epochs", type=Bounded("epochs"), default=None,
               help="Override the recipe's epochs (with --resume: extend the run to this many).")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=None, help="Override the recipe's batch size.")
-@click.option("--lr", type=Finite(0, 10, lo_open=True), default=None, help="Override the recipe's learning rate.")
+@click.option("--batch-size", type=Bounded("batch_size"), default=None, help="Override the recipe's batch size.")
+@click.option("--lr", type=Bounded("lr"), default=None, help="Override the recipe's learning rate.")
 @click.option("--seed", type=int, default=None, help="Seeds init, order, workers, augmentation [default: recipe's].")
 @click.option("--amp/--no-amp", default=None,
               help="Mixed precision: bf16 (or fp16 + GradScaler) on CUDA, bf16 on CPUs that have it [default: off; "
                    "with --resume the checkpoint's].")
 @click.option("--device", type=DEVICES, default="auto", help="Where to train.")
-@click.option("--workers", type=WORKERS, default=None,
+@click.option("--workers", type=Bounded("workers"), default=None,
               help="DataLoader workers per process [default: CPU count / processes on this node].")
-@click.option("--cache", type=click.Choice(["auto", "device", "ram", "none"]), default="auto",
+@click.option("--cache", type=click.Choice(list(cfg.CACHE_MODES)), default="auto",
               help="Keep the split resident on the device or in RAM, or stream from shards.")
 @click.option("--augment/--no-augment", default=None, help="Flip + small crop on the device [default: recipe's].")
-@click.option("--balance", type=Finite(0, 1), is_flag=False, flag_value=1.0, default=None,
+@click.option("--balance", type=Bounded("balance"), is_flag=False, flag_value=1.0, default=None,
               help="Class-balanced sampling for the long tail: --balance (every class equally likely) or "
                    "--balance 0.5 (weights n_c^0.5) [default: recipe's].")
-@click.option("--ema", type=Finite(0, 1, hi_open=True), default=None,
+@click.option("--ema", type=Bounded("ema"), default=None,
               help="Validate and predict with a moving average of the weights, decay per step at most this "
                    "(0: off); early on the decay is (1+n)/(10+n) at step n, about the last tenth of the steps "
                    "so far [default: recipe's].")
-@click.option("--minutes", type=Finite(0, 100_000), default=0.0,
+@click.option("--minutes", type=Bounded("minutes"), default=0.0,
               help="Wall-time budget: stop before an epoch that would end past it (0: none).")
 @click.option("--tta/--no-tta", default=None,
               help="Validate (and later predict) with each image and its mirror averaged [default: recipe's].")
@@ -361,7 +357,7 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
 
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="[CHECKPOINT] PATHS...")
-@click.option("--top-k", type=click.IntRange(1, 1000), default=3, help="Classes shown per image.")
+@click.option("--top-k", type=Bounded("top_k"), default=3, help="Classes shown per image.")
 @click.option("--device", type=DEVICES, default="auto")
 @click.option("--onnx", "onnx_path", type=click.Path(path_type=Path), default=None,
               help="Run this exported .onnx file with ONNX Runtime instead of a checkpoint (then every "
@@ -419,12 +415,12 @@ def export(checkpoint, out, shards) -> None:
 @click.option("--size", type=SIZE, default=128, help="Square image side in pixels, a multiple of 16.")
 @click.option("--model", "model_name", type=MODELS, default="bart",
               help="Network for the training-step stage.")
-@click.option("--workers", type=click.IntRange(1, 512), default=None,
+@click.option("--workers", type=Bounded("processes"), default=None,
               help="Workers for every parallel variant [default: CPU count].")
-@click.option("--batch-size", type=click.IntRange(1, 65536), default=None,
+@click.option("--batch-size", type=Bounded("batch_size"), default=None,
               help="The project's batch size [default: 128, --quick 32].")
-@click.option("--limit", type=click.IntRange(0), default=None, help="At most this many images [default: all, --quick 600].")
-@click.option("--steps", type=click.IntRange(1, 10_000), default=None,
+@click.option("--limit", type=Bounded("limit"), default=None, help="At most this many images [default: all, --quick 600].")
+@click.option("--steps", type=Bounded("steps"), default=None,
               help="Timed training steps per variant [default: 5, --quick 2].")
 @click.option("--quick", is_flag=True, help="Smoke run: under a minute on 2 cores.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from pipeline.config import check_image_size
+
 from .bart import BART
 from .cnn4conv import CNN4Conv
 from .resnet import ResNetS
@@ -31,9 +33,7 @@ def create_model(name: str, *, num_classes: int = 42, image_size: int = 128) -> 
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    if image_size < 16 or image_size % 16:
-        raise ValueError(f"image_size must be a positive multiple of 16, got {image_size}; "
-                         f"preprocess with --size 64 or 128")
+    check_image_size(image_size)   # one size rule for every stage (a ConfigError is a ValueError)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     return MODELS[name](num_classes=num_classes, image_size=image_size)

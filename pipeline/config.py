@@ -35,13 +35,67 @@ def check_image_size(size: int) -> int:
     return size
 
 
-def check_range(name: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
-    """ConfigError unless ``value`` is finite and in [lo, hi] (open at an end with ``lo_open`` / ``hi_open``)."""
-    ok = isinstance(value, (int, float)) and math.isfinite(value) and (value < hi if hi_open else value <= hi) and (
-        value > lo if lo_open else value >= lo)
-    if not ok:
-        raise ConfigError(f"{name} must be a finite number in {'(' if lo_open else '['}{lo}, {hi}"
-                          f"{')' if hi_open else ']'}, got {value}")
+@dataclass(frozen=True)
+class Range:
+    """The one statement of an option's bounds: the configs check values with it and
+    ``cli.py`` builds its click types from it (so no bound is written twice)."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+
+    def text(self) -> str:
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+    def holds(self, value) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                and (value < self.hi if self.hi_open else value <= self.hi)
+                and (value > self.lo if self.lo_open else value >= self.lo)
+                and (not self.integer or float(value).is_integer()))
+
+    def check(self, name: str, value) -> None:
+        """ConfigError unless ``value`` is finite and in range (a whole number where ``integer``)."""
+        if not self.holds(value):
+            kind = "a whole number" if self.integer else "a finite number"
+            raise ConfigError(f"{name} must be {kind} in {self.text()}, got {value}")
+
+
+# Every numeric option of the configs and the command line, stated once.
+RANGES = {
+    "val_frac": Range(0.0, 0.9),
+    "shard_mb": Range(0.0, 4096.0, lo_open=True),
+    "min_side": Range(1, 4096, integer=True),
+    "near_dup": Range(0, NEAR_DUP_MAX, integer=True),
+    "batch_size": Range(1, 65536, integer=True),
+    "workers": Range(0, 512, integer=True),
+    "processes": Range(1, 512, integer=True),        # preprocess/synth/bench: at least one process
+    "prefetch_factor": Range(1, 64, integer=True),
+    "balance": Range(0.0, 1.0),
+    "lr": Range(0.0, 10.0, lo_open=True),
+    "weight_decay": Range(0.0, 1.0),
+    "label_smoothing": Range(0.0, 0.5),
+    "epochs": Range(1, 100_000, integer=True),
+    "ema": Range(0.0, 1.0, hi_open=True),
+    "minutes": Range(0.0, 100_000.0),
+    "scale": Range(0.0, 100.0, lo_open=True),
+    "top_k": Range(1, 1000, integer=True),
+    "steps": Range(1, 10_000, integer=True),
+    "limit": Range(0, 2 ** 31, integer=True),
+    "size": Range(SIZE_MIN, SIZE_MAX, integer=True),  # and a multiple of SIZE_STEP: check_image_size
+}
+
+
+def check_range(name: str, value) -> None:
+    """ConfigError unless ``value`` is in the option's range (:data:`RANGES`)."""
+    RANGES[name].check(name, value)
+
+
+# Every choice of the configs and the command line, stated once.
+RECIPES = ("default", "notebook")
+COMPRESSIONS = ("none", "gzip", "lzf")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -98,14 +152,12 @@ class PreprocessConfig:
         check_image_size(self.size)
         if self.fit not in FIT_POLICIES:
             raise ConfigError(f"fit must be one of {FIT_POLICIES}, got {self.fit!r}")
-        check_range("val_frac", self.val_frac, 0.0, 0.9)
-        check_range("shard_mb", self.shard_mb, 0.0, 4096.0, lo_open=True)
-        check_range("min_side", self.min_side, 1, 4096)
-        if self.compression not in (None, "gzip", "lzf"):
+        check_range("val_frac", self.val_frac)
+        check_range("shard_mb", self.shard_mb)
+        check_range("min_side", self.min_side)
+        if self.compression not in (None, *COMPRESSIONS[1:]):
             raise ConfigError(f"compression must be None, 'gzip' or 'lzf', got {self.compression!r}")
-        check_range("near_dup", self.near_dup, 0, NEAR_DUP_MAX)
-        if not isinstance(self.near_dup, int):
-            raise ConfigError(f"near_dup must be a whole number of bits, got {self.near_dup!r}")
+        check_range("near_dup", self.near_dup)
 
 
 @dataclass(frozen=True)
@@ -138,14 +190,14 @@ class LoaderConfig:
     reuse_buffers: bool = False
 
     def __post_init__(self) -> None:
-        check_range("batch_size", self.batch_size, 1, 65536)
+        check_range("batch_size", self.batch_size)
         if self.workers is None:  # one default for the library and the CLI
             from .env import default_workers
 
             object.__setattr__(self, "workers", default_workers())
-        check_range("workers", self.workers, 0, 512)
-        check_range("prefetch_factor", self.prefetch_factor, 1, 64)
-        check_range("balance", float(self.balance), 0.0, 1.0)
+        check_range("workers", self.workers)
+        check_range("prefetch_factor", self.prefetch_factor)
+        check_range("balance", float(self.balance))
         if self.cache not in CACHE_MODES:
             raise ConfigError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
 
@@ -189,11 +241,11 @@ class OptimConfig:
             raise ConfigError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.schedule not in ("constant", "onecycle"):
             raise ConfigError(f"schedule must be constant or onecycle, got {self.schedule!r}")
-        check_range("lr", self.lr, 0.0, 10.0, lo_open=True)
-        check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        check_range("label_smoothing", self.label_smoothing, 0.0, 0.5)
-        check_range("epochs", self.epochs, 1, 100_000)
-        check_range("ema", self.ema, 0.0, 1.0, hi_open=True)
+        check_range("lr", self.lr)
+        check_range("weight_decay", self.weight_decay)
+        check_range("label_smoothing", self.label_smoothing)
+        check_range("epochs", self.epochs)
+        check_range("ema", self.ema)
 
 
 @dataclass(frozen=True)
@@ -223,9 +275,6 @@ class TrainPlan:
 
     def to_dict(self) -> dict:
         return {k: to_dict(getattr(self, k)) for k in ("model", "optim", "loader", "run")}
-
-
-RECIPES = ("default", "notebook")
 
 
 def recipe(name: str, model: str) -> tuple[OptimConfig, dict]:

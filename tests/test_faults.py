@@ -498,11 +498,11 @@ def test_a_killed_runs_leftovers_are_removed_by_the_next_run(tmp_path):
 
 
 def test_sizes_batch_and_epochs_are_validated_where_they_enter(easy_shards, tmp_path):
-    for args, msg in ((("train", "--batch-size", 0), "1<=x<=65536"),
-                      (("train", "--epochs", 0), "1<=x<=100000"),
+    for args, msg in ((("train", "--batch-size", 0), "0 is not a whole number in [1, 65536]"),
+                      (("train", "--epochs", 0), "0 is not a whole number in [1, 100000]"),
                       (("train", "--lr", "nan"), "not a finite number"),
                       (("preprocess", "--val-frac", "inf"), "not a finite number"),
-                      (("predict", "x.pt", "y.jpg", "--top-k", 0), "1<=x<=1000")):
+                      (("predict", "x.pt", "y.jpg", "--top-k", 0), "0 is not a whole number in [1, 1000]")):
         r = run(*args)
         assert r.exit_code == 2 and msg in r.output, (args, r.output)
     r = run("preprocess", "--size", 24, "--data-dir", tmp_path, "--out", tmp_path / "o")  # what train would refuse
@@ -612,6 +612,8 @@ def test_resume_accepts_its_own_recipe_options_and_names_both_values_of_a_differ
     assert r.exit_code == 0, r.output
     r = run("train", "--resume", out / "last.pt", "--lr", 0.5, "--epochs", 4)
     assert r.exit_code == 1 and f"was trained with --lr {lr!r}, not 0.5" in r.output and "drop --lr" in r.output
+    r = run("train", "--resume", out / "last.pt", "--ema", 0.9, "--epochs", 4)
+    assert r.exit_code == 1 and "was trained with --ema 0.0, not 0.9" in r.output and "drop --ema" in r.output
 
 
 def test_resume_after_the_shard_folder_moved_says_how_to_point_at_its_new_place(easy_shards, tmp_path):

@@ -23,16 +23,21 @@ def python_blocks(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", body, flags=re.S)
 
 
+def make_demo(size: int, model: str) -> None:
+    """`make demo` in the current folder, at a small scale: look-alike set, shards, a 1-epoch run."""
+    for args in (["synth", "--out", "data/lookalike", "--scale", "0.01"],
+                 ["preprocess", "--data-dir", "data/lookalike", "--size", str(size)],
+                 ["train", "--model", model, "--epochs", "1", "--device", "cpu", "--out", "runs/demo"]):
+        r = CliRunner().invoke(cli.main, args)
+        assert r.exit_code == 0, r.output
+
+
 def test_the_use_from_python_blocks_run_as_written(tmp_path):
     blocks = python_blocks("Use from Python")
     assert len(blocks) == 6
     os.chdir(tmp_path)  # the demo's folder layout (`make demo`), at a small scale
     try:
-        for args in (["synth", "--out", "data/lookalike", "--scale", "0.01"],
-                     ["preprocess", "--data-dir", "data/lookalike", "--size", "64"],
-                     ["train", "--model", "cnn4conv", "--epochs", "1", "--device", "cpu", "--out", "runs/demo"]):
-            r = CliRunner().invoke(cli.main, args)
-            assert r.exit_code == 0, r.output
+        make_demo(64, "cnn4conv")
     finally:
         os.chdir(ROOT)
     # installed as a user would (`pip install .`, here into a folder), and run from another directory
@@ -68,11 +73,7 @@ def test_the_deploy_blocks_run_as_written(tmp_path):
     (python,) = re.findall(r"```python\n(.*?)```", body, flags=re.S)
     os.chdir(tmp_path)
     try:
-        for args in (["synth", "--out", "data/lookalike", "--scale", "0.01"],
-                     ["preprocess", "--data-dir", "data/lookalike", "--size", "32"],
-                     ["train", "--model", "resnet", "--epochs", "1", "--device", "cpu", "--out", "runs/demo"]):
-            r = CliRunner().invoke(cli.main, args)
-            assert r.exit_code == 0, r.output
+        make_demo(32, "resnet")
         outputs = []
         for line in commands.strip().splitlines():
             argv = shlex.split(line.split("#")[0])
