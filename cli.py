@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 
-from pipeline import config as cfg
+from pipeline import config as pconfig
 from pipeline.errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -29,7 +29,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 # The names model.MODELS registers, spelled out so that `--help` and the
 # data commands do not import torch (tests/test_model.py checks they agree).
 MODELS = click.Choice(["bart", "cnn4conv", "resnet"])
-DEVICES = click.Choice(list(cfg.DEVICES))
+DEVICES = click.Choice(list(pconfig.DEVICES))
 
 
 class Bounded(click.ParamType):
@@ -37,7 +37,7 @@ class Bounded(click.ParamType):
     too): inf and nan are refused where they enter, as a usage error."""
 
     def __init__(self, option: str) -> None:
-        self.range = cfg.RANGES[option]
+        self.range = pconfig.RANGES[option]
         self.name = "integer" if self.range.integer else "number"
 
     def convert(self, value, param, ctx):
@@ -145,10 +145,10 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 @click.option("--near-dup", type=Bounded("near_dup"), default=6,
               help="Images whose perceptual hashes differ in at most this many of 64 bits are one group, "
                    "kept on one side of the split (0: byte-identical files only).")
-@click.option("--fit", type=click.Choice(list(cfg.FIT_POLICIES)), default="squash",
+@click.option("--fit", type=click.Choice(list(pconfig.FIT_POLICIES)), default="squash",
               help="Aspect policy: squash (the notebooks'), pad or crop.")
 @click.option("--shard-mb", type=Bounded("shard_mb"), default=64.0, help="Target shard size in MB.")
-@click.option("--compression", type=click.Choice(list(cfg.COMPRESSIONS)), default="none",
+@click.option("--compression", type=click.Choice(list(pconfig.COMPRESSIONS)), default="none",
               help="HDF5 compression (none is fastest to read).")
 @click.option("--workers", type=Bounded("processes"), default=None, help="Decode processes [default: CPU count].")
 @click.option("--force", is_flag=True, help="Rebuild even if the shards are up to date.")
@@ -232,7 +232,7 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
               help="Shard folder [with --resume: the checkpoint's].")
 @click.option("--model", "model_name", type=MODELS, default="resnet",
               help="Architecture: resnet (compact, fastest to accuracy here), or the notebooks' bart and cnn4conv.")
-@click.option("--recipe", type=click.Choice(list(cfg.RECIPES)), default="default",
+@click.option("--recipe", type=click.Choice(list(pconfig.RECIPES)), default="default",
               help="default: best measured; notebook: the model's notebook hyper-parameters exactly.")
 @click.option("--epochs", type=Bounded("epochs"), default=None,
               help="Override the recipe's epochs (with --resume: extend the run to this many).")
@@ -245,7 +245,7 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
 @click.option("--device", type=DEVICES, default="auto", help="Where to train.")
 @click.option("--workers", type=Bounded("workers"), default=None,
               help="DataLoader workers per process [default: CPU count / processes on this node].")
-@click.option("--cache", type=click.Choice(list(cfg.CACHE_MODES)), default="auto",
+@click.option("--cache", type=click.Choice(list(pconfig.CACHE_MODES)), default="auto",
               help="Keep the split resident on the device or in RAM, or stream from shards.")
 @click.option("--augment/--no-augment", default=None, help="Flip + small crop on the device [default: recipe's].")
 @click.option("--balance", type=Bounded("balance"), is_flag=False, flag_value=1.0, default=None,
@@ -429,17 +429,13 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     """Throughput of every stage against the notebooks' way, side by side in one run."""
     from pipeline.bench import run_bench
     from pipeline.config import BenchConfig, check_image_size
-    from pipeline.env import default_workers
 
     from pipeline.errors import expect_file_target
 
     size = check_image_size(size)  # before resolve_data_dir, which may generate the look-alike set (~45 s)
     json_path = json_path and expect_file_target(json_path, "--json")
-    cfg = BenchConfig(data_dir=str(resolve_data_dir(data_dir)), size=size, model=model_name,
-                      workers=workers or default_workers(), batch_size=batch_size or (32 if quick else 128),
-                      quick=quick, limit=limit if limit is not None else (600 if quick else 0),
-                      repeats=2 if quick else 5, min_seconds=0.05 if quick else 0.5,
-                      steps=steps or (2 if quick else 5))
+    cfg = BenchConfig.create(resolve_data_dir(data_dir), size=size, model=model_name, workers=workers,
+                             batch_size=batch_size, limit=limit, steps=steps, quick=quick)
     r = run_bench(cfg, progress=lambda m: click.echo(m, err=True))
     env = r["environment"]
     click.echo(f"bench: {cfg.data_dir} at {size}px, {cfg.workers} workers, batch {cfg.batch_size}, device {r['device']}")

@@ -379,3 +379,17 @@ class BenchConfig:
     repeats: int = 5
     min_seconds: float = 0.5
     steps: int = 5
+
+    @classmethod
+    def create(cls, data_dir: str, *, size: int = 128, model: str = "bart", workers: Optional[int] = None,
+               batch_size: Optional[int] = None, limit: Optional[int] = None, steps: Optional[int] = None,
+               quick: bool = False) -> "BenchConfig":
+        """A bench run as ``cli.py bench`` makes it: ``quick`` is a smoke run (under a minute on 2
+        cores: 600 images, batch 32, 2 repeats of 0.05 s, 2 steps), and None keeps the defaults."""
+        from .env import default_workers
+
+        return cls(data_dir=str(data_dir), size=check_image_size(size), model=model,
+                   workers=workers or default_workers(), batch_size=batch_size or (32 if quick else 128),
+                   quick=quick, limit=limit if limit is not None else (600 if quick else 0),
+                   repeats=2 if quick else 5, min_seconds=0.05 if quick else 0.5,
+                   steps=steps or (2 if quick else 5))
