@@ -6,11 +6,15 @@ Flow (memory stays bounded by one shard buffer, whatever the dataset size):
 2. A process pool over all cores reads, hashes (SHA-256) and decodes runs
    of 32 consecutive files to uint8 squares and ``pwrite``s each run
    straight into a flat staging file at its rows, so no pixels are pickled
-   between processes; a worker returns only the hashes and skip reasons.
-3. Byte-identical files are kept once (first path wins), so no image can
-   leak between train and val; the split and the class-interleaved shard
-   plan are pure functions of (labels, seed). The pool then takes the
-   training split's mean/std from the staging file (:func:`mean_std`).
+   between processes; a worker returns only the hashes (SHA-256 of the
+   bytes, dHash of the stored pixels) and skip reasons.
+3. Byte-identical files are kept once (first path wins); near-duplicates
+   (dHashes within ``near_dup`` bits) form groups, and each group goes to
+   one side, placed by its own content (:mod:`pipeline.split`), so no shot
+   straddles train and val and a growing folder moves nothing into val.
+   The class-interleaved shard plan is a pure function of (split, labels,
+   seed). The pool then takes the training split's mean/std from the
+   staging file (:func:`mean_std`).
 4. Shards are gathered from the staging file with ``pread`` and written
    into a build folder (``out/.simpsons-shards-build/``); only when all are
    written does the commit move them into ``out`` and write
@@ -418,7 +422,7 @@ def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: Pre
     """Build a shard set from any iterable of samples, exactly as ``preprocess`` does from folders.
 
     The same decode (size, fit, minimum side, bomb guard), SHA-256 dedup,
-    stratified split, shard format, manifest, ownership and atomic commit:
+    near-duplicate groups, split by content, shard format, manifest, ownership and atomic commit:
     ``preprocess`` is this function fed from a class-folder tree.
 
     Args:
