@@ -397,9 +397,9 @@ def export(checkpoint, out, shards) -> None:
     """Export a checkpoint to ONNX (uint8 NHWC images in, probabilities out), checked against ONNX Runtime."""
     from pipeline.export import PROB_TOL, export_onnx
 
-    out = out or Path(checkpoint).with_suffix(".onnx")
-    if out.is_dir():
-        raise UserError(f"{out}: is a folder; pass --out with a file name such as {out / 'model.onnx'}")
+    from pipeline.errors import expect_file_target
+
+    out = expect_file_target(out or Path(checkpoint).with_suffix(".onnx"), "--out")
     r = export_onnx(checkpoint, out, shards)
     m = r["metadata"]
     click.echo(f"{out}: {m['model']} for {len(json.loads(m['class_names']))} classes at {m['image_size']} px "
