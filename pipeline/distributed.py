@@ -83,6 +83,12 @@ def gather_objects(ctx: DistContext, obj: Any) -> list:
     return out
 
 
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if ctx.distributed:
+        dist.barrier()
+
+
 def broadcast_buffers(ctx: DistContext, model: torch.nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics).
 

@@ -356,6 +356,8 @@ class Trainer:
                 "wait": sums["wait"] + batches.seconds, "seconds": time.perf_counter() - t0}}
             # under torchrun every rank stopped at this step: gather their RNG states, rank 0 writes
             self._save("interrupted.pt", self._payload(self.position, gather=ctx.distributed))
+            # no rank exits before the checkpoint is whole: a launcher stops the others when one exits
+            dd.barrier(ctx)
             self.say(f"interrupted in epoch {epoch + 1} after batch {step} of {self.steps}; continue with "
                      f"--resume {self.out / 'interrupted.pt'}")
             return None
