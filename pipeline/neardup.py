@@ -55,13 +55,20 @@ def dhash(images: np.ndarray) -> np.ndarray:
     n, h, w, _ = images.shape
     if h < ROWS or w < COLS:
         raise ValueError(f"dhash needs images of at least {COLS}x{ROWS} px, got {w}x{h}")
-    # Sum each channel over the blocks first and weight afterwards (luma is
-    # linear): one pass over the uint8 pixels instead of three int32 planes.
-    bands = images.reshape(n, ROWS, h // ROWS, w, 3).sum(axis=2, dtype=np.int32) if h % ROWS == 0 else \
-        np.add.reduceat(images, (np.arange(ROWS) * h) // ROWS, axis=1, dtype=np.int32)
+    # Sum the 8 row bands first, one pass over the uint8 pixels with each
+    # row a contiguous run (uint16 holds a band of up to 257 rows of 255),
+    # then weight the small result to luma and sum the 9 column bands along
+    # the last axis: 13 us an image at 64 px here, against 17 us for
+    # luma-first int32 planes (BENCHMARKS.md "Near-duplicates").
+    band_rows = (np.arange(ROWS + 1) * h) // ROWS
+    if h % ROWS == 0 and h // ROWS <= 257:
+        bands = images.reshape(n, ROWS, h // ROWS, w * 3).sum(axis=2, dtype=np.uint16)
+    else:
+        bands = np.add.reduceat(images.reshape(n, h, w * 3), band_rows[:-1], axis=1, dtype=np.int64)
+    b = bands.reshape(n, ROWS, w, 3).astype(np.int64)
+    luma = b[..., 0] * LUMA[0] + b[..., 1] * LUMA[1] + b[..., 2] * LUMA[2]          # (N, 8, W)
     col_edges = (np.arange(COLS + 1) * w) // COLS
-    sums = np.add.reduceat(bands, col_edges[:-1], axis=2, dtype=np.int64)          # (N, 8, 9, 3)
-    blocks = sums @ np.array(LUMA, dtype=np.int64)                                   # (N, 8, 9)
+    blocks = np.add.reduceat(luma, col_edges[:-1], axis=2)                          # (N, 8, 9) sums
     widths = np.diff(col_edges).astype(np.int64)
     # mean(c) > mean(c + 1)  <=>  sum(c) * width(c + 1) > sum(c + 1) * width(c): exact integers
     bits = blocks[:, :, :-1] * widths[1:] > blocks[:, :, 1:] * widths[:-1]          # (N, 8, 8)

@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.neardup import dhash, group, popcount
@@ -40,16 +41,17 @@ def test_dhash_bits_are_left_brighter_than_right():
     assert dhash(img).dtype == np.uint64
 
 
-def test_dhash_is_exact_integer_arithmetic():
+@pytest.mark.parametrize("h,w", [(48, 48), (50, 45)])
+def test_dhash_is_exact_integer_arithmetic(h, w):
     rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 256, (5, 48, 48, 3), dtype=np.uint8)
+    imgs = rng.integers(0, 256, (5, h, w, 3), dtype=np.uint8)
     luma = imgs[..., 0].astype(np.int64) * 299 + imgs[..., 1].astype(np.int64) * 587 + imgs[..., 2].astype(np.int64) * 114
-    edges = (np.arange(10) * 48) // 9
+    rows, cols = (np.arange(9) * h) // 8, (np.arange(10) * w) // 9
     for n in range(5):
         bits = 0
         for r in range(8):
-            band = luma[n, r * 6:(r + 1) * 6]
-            means = [band[:, edges[c]:edges[c + 1]].sum() / (6 * (edges[c + 1] - edges[c])) for c in range(9)]
+            band = luma[n, rows[r]:rows[r + 1]]
+            means = [band[:, cols[c]:cols[c + 1]].sum() / (band.shape[0] * (cols[c + 1] - cols[c])) for c in range(9)]
             for c in range(8):
                 bits |= int(means[c] > means[c + 1]) << (8 * r + c)
         assert int(dhash(imgs[n:n + 1])[0]) == bits
