@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -45,14 +46,18 @@ class Classifier:
     tta: bool = False  # test-time flip, as the run that made it validated
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str = "auto") -> "Classifier":
+    def from_checkpoint(cls, path: Path, device: str = "auto", checkpoint: Optional[dict] = None) -> "Classifier":
         """Load with ``weights_only=True``, check it, and rebuild the network from its saved config.
+
+        Args:
+            checkpoint: the already loaded and checked checkpoint of ``path``, so a caller that needs
+                it too reads the file once.
 
         Raises:
             CheckpointError: missing, foreign, truncated, or weights that do not fit.
         """
         path = Path(path)
-        ckpt = load_checkpoint(path)
+        ckpt = checkpoint if checkpoint is not None else load_checkpoint(path)
         dev = resolve_device(device)
         mcfg = ckpt["config"]["model"]
         try:

@@ -127,8 +127,8 @@ def export_onnx(checkpoint: Path, out: Path, shards: Optional[Path] = None, opse
     from .shard_format import file_sha256
 
     checkpoint, out = Path(checkpoint), Path(out)
-    clf = Classifier.from_checkpoint(checkpoint, device="cpu")
     ckpt = load_checkpoint(checkpoint)
+    clf = Classifier.from_checkpoint(checkpoint, device="cpu", checkpoint=ckpt)
     images = _check_images(ckpt, shards, clf.image_size, clf.class_names)
     model = _Deployable(clf.model.to(memory_format=torch.contiguous_format), clf.transform.scale,
                         clf.transform.shift, clf.tta).eval()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,8 +101,7 @@ def _plan(n: int, k: int) -> int:
     for m in range(3, min(k + 1, 16) + 1):   # bands of at most 22 bits: bucket tables of <= 4M entries
         bits = HASH_BITS // m
         r = k // m
-        probes = sum(len(list(itertools.combinations(range(bits), i))) for i in range(r + 1)) if r <= 3 \
-            else float("inf")
+        probes = sum(math.comb(bits, i) for i in range(r + 1)) if r <= 3 else float("inf")
         cost = m * probes * (1.0 + n / 2.0 ** bits)
         if cost < best_cost:
             best, best_cost = m, cost
