@@ -56,25 +56,31 @@ def dhash(images: np.ndarray) -> np.ndarray:
     n, h, w, _ = images.shape
     if h < ROWS or w < COLS:
         raise ValueError(f"dhash needs images of at least {COLS}x{ROWS} px, got {w}x{h}")
-    # Sum the 8 row bands first, one pass over the uint8 pixels with each
-    # row a contiguous run (uint16 holds a band of up to 257 rows of 255),
-    # then weight the small result to luma and sum the 9 column bands along
-    # the last axis: 13 us an image at 64 px here, against 17 us for
-    # luma-first int32 planes (BENCHMARKS.md "Near-duplicates").
-    band_rows = (np.arange(ROWS + 1) * h) // ROWS
+    # The workers hash each run of images right after decoding it, with the
+    # caches full of the decoder's data, so passes over memory and large
+    # temporaries cost most there: the 8 row bands are in-place uint16 adds
+    # of whole rows (up to 257 rows of 255), luma is int32 on those sums,
+    # and only the (N, 8, 9) block sums are int64 (BENCHMARKS.md
+    # "Near-duplicates": half the time of a reduction with a dtype and
+    # int64 luma planes, the same bits).
     if h % ROWS == 0 and h // ROWS <= 257:
-        bands = images.reshape(n, ROWS, h // ROWS, w * 3).sum(axis=2, dtype=np.uint16)
+        rows = images.reshape(n, ROWS, h // ROWS, w * 3)
+        bands = rows[:, :, 0].astype(np.uint16)
+        for j in range(1, h // ROWS):
+            bands += rows[:, :, j]
     else:
-        bands = np.add.reduceat(images.reshape(n, h, w * 3), band_rows[:-1], axis=1, dtype=np.int64)
-    b = bands.reshape(n, ROWS, w, 3).astype(np.int64)
-    luma = b[..., 0] * LUMA[0] + b[..., 1] * LUMA[1] + b[..., 2] * LUMA[2]          # (N, 8, W)
+        band_rows = (np.arange(ROWS + 1) * h) // ROWS
+        bands = np.add.reduceat(images.reshape(n, h, w * 3), band_rows[:-1], axis=1, dtype=np.int32)
+    b = bands.reshape(n, ROWS, w, 3)
+    luma = b[..., 0] * np.int32(LUMA[0])                # (N, 8, W); at most 257 x 255 x 1000 < 2^31
+    luma += b[..., 1] * np.int32(LUMA[1])
+    luma += b[..., 2] * np.int32(LUMA[2])
     col_edges = (np.arange(COLS + 1) * w) // COLS
-    blocks = np.add.reduceat(luma, col_edges[:-1], axis=2)                          # (N, 8, 9) sums
+    blocks = np.add.reduceat(luma, col_edges[:-1], axis=2, dtype=np.int64)          # (N, 8, 9) sums
     widths = np.diff(col_edges).astype(np.int64)
     # mean(c) > mean(c + 1)  <=>  sum(c) * width(c + 1) > sum(c + 1) * width(c): exact integers
     bits = blocks[:, :, :-1] * widths[1:] > blocks[:, :, 1:] * widths[:-1]          # (N, 8, 8)
-    weights = np.left_shift(np.uint64(1), np.arange(HASH_BITS, dtype=np.uint64))
-    return (bits.reshape(n, HASH_BITS).astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    return np.packbits(bits.reshape(n, HASH_BITS), axis=1, bitorder="little").view("<u8").reshape(n).astype(np.uint64)
 
 
 def popcount(x: np.ndarray) -> np.ndarray:
@@ -114,35 +120,40 @@ def _candidate_pairs(h: np.ndarray, k: int, chunk: int = 1 << 20) -> np.ndarray:
     m = _plan(n, k)
     r = k // m
     edges = [(b * HASH_BITS) // m for b in range(m + 1)]
+    index = np.arange(n)
     found = []
     for b in range(m):
         lo_bit, width = edges[b], edges[b + 1] - edges[b]
         keys = ((h >> np.uint64(lo_bit)) & np.uint64((1 << width) - 1)).astype(np.int64)
         order = np.argsort(keys, kind="stable")
         # bucket starts by counting sort: a probe is two gathers, not a binary search
+        counts = np.bincount(keys, minlength=1 << width)
         starts = np.zeros((1 << width) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(keys, minlength=1 << width), out=starts[1:])
+        np.cumsum(counts, out=starts[1:])
         for mask in _masks(width, r).astype(np.int64):
-            query = keys ^ mask
-            lo = starts[query]
-            counts = starts[query + 1] - lo
-            for start in range(0, n, chunk):   # bounded memory on large sets
-                c = counts[start:start + chunk]
+            # A pair whose band keys differ by ``mask`` is probed from its key
+            # without the mask's top bit only (once, not from both sides); a
+            # pair of equal keys from its smaller index.
+            ask = index if mask == 0 else np.flatnonzero(keys & (1 << (int(mask).bit_length() - 1)) == 0)
+            query = keys[ask] ^ mask
+            c_all = counts[query]
+            hit = np.flatnonzero(c_all)   # most probes find an empty bucket: expand only the others
+            for start in range(0, len(hit), chunk):   # bounded memory on large sets
+                q = hit[start:start + chunk]
+                c = c_all[q]
                 total = int(c.sum())
-                if total == 0:
-                    continue
-                qi = np.repeat(np.arange(start, start + len(c)), c)
-                first = np.repeat(lo[start:start + chunk], c)
+                qi = np.repeat(ask[q], c)
+                first = np.repeat(starts[query[q]], c)
                 offset = np.arange(total) - np.repeat(np.cumsum(c) - c, c)
                 tj = order[first + offset]
-                keep = qi < tj
-                qi, tj = qi[keep], tj[keep]
+                if mask == 0:
+                    keep = qi < tj
+                    qi, tj = qi[keep], tj[keep]
                 close = popcount(h[qi] ^ h[tj]) <= k
-                found.append(np.stack([qi[close], tj[close]], axis=1))
-    if not found:
-        return np.zeros((0, 2), dtype=np.int64)
-    pairs = np.concatenate(found)
-    return np.unique(pairs, axis=0) if len(pairs) else pairs
+                qi, tj = qi[close], tj[close]
+                found.append(np.minimum(qi, tj) * n + np.maximum(qi, tj))   # one int64 per pair
+    pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+    return np.stack([pairs // n, pairs % n], axis=1)
 
 
 def _components(n: int, pairs: np.ndarray) -> np.ndarray:

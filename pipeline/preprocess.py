@@ -537,13 +537,16 @@ def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hash
         raise DatasetError(f"{items.root or 'samples'}: none of the {len(items.names)} files decoded; "
                            f"see the skip reasons")
     num_classes = len(items.classes)
-    t = time.perf_counter()
+    t0 = time.perf_counter()
     groups = group(phashes[keep], cfg.near_dup)
-    timings["group_s"] = time.perf_counter() - t
+    timings["group_s"] = time.perf_counter() - t0
     split = content_split([hashes[i] for i in keep], labels_all[keep], groups.labels, num_classes,
                           cfg.val_frac, cfg.seed)
     splits = {"train": keep[split.train], "val": keep[split.val]}
+    t = time.perf_counter()
+    timings["split_s"] = t - t0 - timings["group_s"]
     mean, std = mean_std(pool, np.sort(splits["train"]))  # sorted: sequential reads of the staging file
+    timings["stats_s"] = time.perf_counter() - t
     per_shard = max(1, int(cfg.shard_mb * 1_000_000) // (cfg.size * cfg.size * 3))
     class_counts = {s: np.bincount(labels_all[idx], minlength=num_classes).tolist() for s, idx in splits.items()}
     plans = {s: shard_plan(idx, labels_all, per_shard, cfg.seed) for s, idx in splits.items()}
@@ -562,7 +565,9 @@ def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hash
     # SHA-256 each take about a third of a shard's time.
     written = tqdm(pool.imap(_write_task, tasks), total=len(tasks), desc="write shards", unit="shard",
                    disable=not progress)
+    t = time.perf_counter()
     entries = [{**m, "sha256": digest, "bytes": nbytes} for m, (digest, nbytes) in zip(meta, written)]
+    timings["shards_s"] = time.perf_counter() - t
     singles = split.single_group_classes
     if singles:
         logger.warning("classes of one image or one near-duplicate group (train only): %s",
