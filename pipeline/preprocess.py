@@ -339,13 +339,25 @@ class _Pool:
             os.close(_worker.pop("fd"))
 
 
-def _decode_all(items: Items, pool: _Pool, progress: bool):
+def decode_run(size: int) -> int:
+    """Images per decode task: 32, or up to 128 small ones (a run of about 1.5 MB).
+
+    A task's hash call has a fixed cost of about 150 us in the workers,
+    4.7 us an image in runs of 32 at 64 px, where the hash is the largest
+    share of a decode (BENCHMARKS.md "Near-duplicates"); larger runs of
+    small images amortise it, and one message per run keeps IPC small.
+    """
+    return max(32, min(128, 1_500_000 // (size * size * 3)))
+
+
+def _decode_all(items: Items, pool: _Pool, progress: bool, size: int):
     n = len(items.names)
     hashes = [""] * n
     reasons: list[Optional[str]] = [None] * n
     phashes = np.zeros(n, dtype=np.uint64)
     phash_s = 0.0
-    tasks = [(k, items.sources[k: k + 32]) for k in range(0, n, 32)]
+    run = decode_run(size)
+    tasks = [(k, items.sources[k: k + run]) for k in range(0, n, run)]
     with tqdm(total=n, desc="decode+resize", unit="img", disable=not progress, smoothing=0.05) as bar:
         for start, results, ph, secs in pool.imap_unordered(_decode_task, tasks):
             for j, (digest, reason) in enumerate(results):
@@ -501,7 +513,7 @@ def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[i
         pool = _Pool(workers, (cfg, str(staging), str(items.root)))
         t1 = time.perf_counter()
         with disk_errors(staging):
-            hashes, reasons, phashes, timings["phash_cpu_s"] = _decode_all(items, pool, progress)
+            hashes, reasons, phashes, timings["phash_cpu_s"] = _decode_all(items, pool, progress, cfg.size)
         timings["decode_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         manifest = _write_set(items, cfg, build, pool, hashes, reasons, phashes, progress, timings)
