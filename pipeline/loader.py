@@ -216,6 +216,7 @@ class BatchLoader:
         self.split, self.cfg, self.device, self.mode, self.sampler = split, cfg, device, mode, sampler
         self.transform = transform
         self._handed = 0  # batches of the current epoch handed out so far
+        self._fetch: Optional[DataWait] = None  # the current iteration's batch fetches, timed
         self.labels = torch.from_numpy(split.labels)
         self._loader: Optional[DataLoader] = None
         self._images: Optional[torch.Tensor] = None
@@ -274,6 +275,20 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def close(self) -> None:
+        """Stop the worker processes now (they would stop when the loader is collected).
+
+        The workers inherit every file the process had open when they
+        forked, the run folder's lock among them: a run closes its loaders
+        before it lets the lock go, so the next run can take it at once.
+        """
+        self._fetch = None
+        if self._loader is not None and self._it is not None:
+            it, self._it = self._it, None
+            shutdown = getattr(it, "_shutdown_workers", None)   # torch's multi-process iterator
+            if shutdown is not None:
+                shutdown()
+
     @property
     def resident(self) -> Optional[torch.Tensor]:
         """The whole split as one uint8 (N, H, W, 3) tensor where it is resident (RAM or device), else None."""
@@ -295,12 +310,18 @@ class BatchLoader:
         """One asynchronous copy from pinned memory on CUDA; the tensor itself on CPU."""
         return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
 
+    @property
+    def wait_seconds(self) -> float:
+        """Seconds the current (or last) iteration has waited for its batches: the data wait
+        (:class:`DataWait`), without the time the transform takes."""
+        return self._fetch.seconds if self._fetch is not None else 0.0
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # CPU batches from a reused buffer are copied out unless the consumer opted in to reuse
         # Streaming CPU batches are slots of the workers' shared ring: copied out unless reuse was asked for
         keep = self._shared is not None and not self.cfg.reuse_buffers
         transform, train = self.transform, self.sampler.shuffle
-        for x, y in self._batches():
+        self._fetch = DataWait(self._batches())
+        for x, y in self._fetch:
             self._handed += 1
             if transform is not None:
                 x = transform(x, augment=train)  # a new tensor: nothing shared
@@ -345,7 +366,7 @@ class BatchLoader:
 
 
 class DataWait:
-    """Iterate a loader and count the host seconds spent blocked in ``next()``.
+    """Iterate a loader (or any iterable of batches) and count the host seconds spent blocked in ``next()``.
 
     The one definition of "data wait" for ``train`` and ``bench``: the time
     the training loop waits for its next batch to be handed over. No path

@@ -1,4 +1,5 @@
-"""The step loop's helpers: Ctrl-C at a step boundary, a NaN check that never waits, sync debugging.
+"""The step loop's helpers: the run's position, the epoch's running sums, Ctrl-C at a step boundary,
+a NaN check that never waits, sync debugging.
 
 Kept apart from ``train.py`` because each is a small piece of machinery
 with one job, and the CUDA promise (no host sync per step) rests on them.
@@ -9,10 +10,101 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class PartialEpoch:
+    """What an interrupted epoch had summed (over every rank) when it stopped, to carry on from."""
+
+    loss: float      # sum of batch mean loss x batch size over the steps with a finite loss
+    correct: int     # training images classified correctly
+    seen: int        # training images stepped on
+    wait: float      # seconds the loop waited for batches
+    seconds: float   # seconds of the epoch so far
+
+
+@dataclass(frozen=True)
+class RunPosition:
+    """Where a run stands: the next batch to train is batch ``step`` of epoch ``epoch`` (both from 0).
+
+    A checkpoint stores it as plain data (:meth:`to_dict`); the loader's
+    own state (``{"epoch", "batch"}``) is the same two numbers.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    partial: Optional[PartialEpoch] = None   # the interrupted epoch's sums when ``step`` > 0
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "sums": asdict(self.partial) if self.partial else None}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunPosition":
+        sums = d.get("sums")
+        return cls(int(d["epoch"]), int(d["step"]), PartialEpoch(**sums) if sums else None)
+
+    def loader_state(self, epoch: int) -> dict:
+        """The train loader's state at the start of ``epoch``: mid-epoch when this position is inside it."""
+        return {"epoch": epoch, "batch": self.step if self.epoch == epoch else 0}
+
+
+class EpochSums:
+    """An epoch's running sums: loss, correct and non-finite steps stay on the device (no sync per step).
+
+    Args:
+        device: where the model's outputs are.
+        carried: the sums of an interrupted epoch to continue; under
+            torchrun only rank 0 carries the totals (they were summed over
+            every rank), each rank its own clock.
+        rank: this process's rank.
+    """
+
+    def __init__(self, device: torch.device, carried: Optional[PartialEpoch] = None, rank: int = 0) -> None:
+        c = carried or PartialEpoch(0.0, 0, 0, 0.0, 0.0)
+        totals = rank == 0
+        self.loss = torch.tensor(c.loss if totals else 0.0, dtype=torch.float64, device=device)
+        self.correct = torch.tensor(c.correct if totals else 0, dtype=torch.int64, device=device)
+        self.bad = torch.zeros((), dtype=torch.int64, device=device)  # applied steps with a non-finite loss
+        self.seen = c.seen if totals else 0
+        self.carried_wait, self.carried_seconds = c.wait, c.seconds
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+            applied: Optional[torch.Tensor]) -> None:
+        """One step: a non-finite loss (of a step the scaler applied) counts as bad and adds nothing."""
+        loss = loss.detach().double()
+        finite = torch.isfinite(loss)
+        ok = finite if applied is None else finite & applied
+        self.bad += (~finite).long() if applied is None else (~finite & applied).long()
+        self.loss += torch.where(ok, loss * len(labels), torch.zeros_like(loss))
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def all_reduce(self, ctx, with_bad: bool = True) -> None:
+        """Sum loss, correct, seen (and the bad count) over every rank, in place: one collective."""
+        from . import distributed as dd
+
+        parts = [self.loss, self.correct.double(), torch.tensor(float(self.seen), dtype=torch.float64,
+                                                                device=self.loss.device)]
+        total = dd.all_reduce_sum(ctx, torch.stack(parts + ([self.bad.double()] if with_bad else [])))
+        self.loss, self.correct, self.seen = total[0], total[1].long(), int(total[2])
+        if with_bad:
+            self.bad = total[3]
+
+    def partial(self, wait: float, seconds: float) -> PartialEpoch:
+        """The sums to save in an interrupted epoch's checkpoint (``wait``, ``seconds``: this call's)."""
+        return PartialEpoch(float(self.loss), int(self.correct), self.seen, self.carried_wait + wait, seconds)
+
+    def stats(self, wait: float, seconds: float) -> dict:
+        """The epoch's row: mean train loss and accuracy, seconds, images/s, data-wait share."""
+        wait += self.carried_wait
+        seen = max(1, self.seen)
+        return {"train_loss": float(self.loss) / seen, "train_acc": float(self.correct) / seen,
+                "seconds": seconds, "images_per_s": self.seen / seconds, "data_wait": wait / seconds}
 
 
 class Stopped(KeyboardInterrupt):

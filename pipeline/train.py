@@ -34,14 +34,15 @@ from . import distributed as dd
 from .checkpoint import CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from .config import TrainPlan, check_image_size
 from .errors import FolderLock, write_text
-from .loader import DataWait, create_loader
+from .loader import create_loader
 from .transform import DeviceTransform
 from .metrics import accuracy_f1, evaluate_batches
 from .optim import WeightEma, lr_at, make_optimizer, set_lr
 from .resume import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via pipeline.train)
 from .runtime import Precision, configure_cuda, resolve_device
 from .shard_format import ShardSet, open_set
-from .steploop import Holder, NanCheck, Stopped, StopRequest, sync_debug
+from . import steploop
+from .steploop import EpochSums, Holder, NanCheck, RunPosition, Stopped, StopRequest
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +98,66 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         if ctx.is_main:
             check_out(Path(plan.run.out), resume, shards)
         trainer = Trainer(sset, train_split, val_split, plan, ctx, say if ctx.is_main else (lambda _m: None),
-                          progress and ctx.is_main)
-        trainer.sync_debug = sync_debug
+                          progress and ctx.is_main, sync_debug)
         with FolderLock(trainer.out, "train") if ctx.is_main else contextlib.nullcontext():
-            if ckpt is not None:
-                trainer.restore(ckpt, resume)
-            return trainer.run(stop_after, on_step)
+            try:
+                if ckpt is not None:
+                    trainer.restore(ckpt, resume)
+                return trainer.run(stop_after, on_step)
+            finally:
+                trainer.close()   # inside the lock: the loader workers hold its file too
     finally:
         dd.cleanup(ctx)
+
+
+def build_model(plan: TrainPlan, ctx: dd.DistContext) -> nn.Module:
+    """The model, initialised from ``run.seed`` (identical on every rank), channels-last on the device.
+
+    After it, torch's CPU RNG is reseeded per rank: dropout draws a stream of its own on each.
+    """
+    mcfg, device = plan.model, ctx.device
+    torch.manual_seed(plan.run.seed)
+    model = create_model(mcfg.name, num_classes=mcfg.num_classes, image_size=mcfg.image_size)
+    torch.manual_seed(plan.run.seed + 1_000_003 * ctx.rank)
+    if plan.run.sync_bn:
+        if device.type != "cuda":
+            raise TrainingError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # channels-last: faster convolutions on CPU and CUDA (BENCHMARKS.md "Training step")
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def build_loaders(sset: ShardSet, train_split, val_split, plan: TrainPlan, ctx: dd.DistContext,
+                  transform: DeviceTransform):
+    """(train loader, val loader or None). The train loader owns the transform (and its RNG state).
+
+    Both reuse their CPU buffers: the loop is done with each batch (transformed into a new
+    tensor) before it asks for the next. ``--compile`` trains on whole batches only, so the
+    graph is compiled for one shape.
+    """
+    rk = {"rank": ctx.rank, "world_size": ctx.world_size, "device": ctx.device}
+    train = create_loader(train_split, replace(plan.loader, drop_last=plan.run.compile, reuse_buffers=True),
+                          train=True, transform=transform, **rk)
+    val = (create_loader(val_split, replace(plan.loader, balance=0.0, reuse_buffers=True), train=False, **rk)
+           if len(val_split) else None)
+    return train, val
+
+
+def wrap_forward(model: nn.Module, plan: TrainPlan, ctx: dd.DistContext) -> nn.Module:
+    """What the step calls: the model, under DDP with torchrun, compiled with ``--compile``."""
+    fwd = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        fwd = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    return torch.compile(fwd) if plan.run.compile else fwd
+
+
+def small_classes(sset: ShardSet) -> list[int]:
+    """The long tail: classes with fewer than SMALL_CLASS images in the whole set (train + val)."""
+    counts = sset.manifest.get("class_counts", {})
+    totals = np.sum([counts[k] for k in ("train", "val") if k in counts], axis=0) if counts else []
+    return [c for c, n in enumerate(np.atleast_1d(totals)) if n < SMALL_CLASS]
 
 
 class Trainer:
@@ -116,57 +169,44 @@ class Trainer:
     """
 
     def __init__(self, sset: ShardSet, train_split, val_split, plan: TrainPlan, ctx: dd.DistContext,
-                 say: Callable[[str], None], progress: bool) -> None:
+                 say: Callable[[str], None], progress: bool, sync_debug: Optional[str] = None) -> None:
         self.sset, self.plan, self.ctx, self.say, self.progress = sset, plan, ctx, say, progress
-        mcfg, device = plan.model, ctx.device
+        self.sync_debug = sync_debug  # "error": any host-device sync in the step loop raises (CUDA)
+        device = ctx.device
         self.out = Path(plan.run.out)
         if ctx.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(plan.run.seed)  # model init: identical on every rank
-        model = create_model(mcfg.name, num_classes=mcfg.num_classes, image_size=mcfg.image_size)
-        torch.manual_seed(plan.run.seed + 1_000_003 * ctx.rank)  # dropout: a stream per rank
-        self.summary = (f"model {mcfg.name}: {count_parameters(model):,} parameters, {mcfg.image_size}x"
-                        f"{mcfg.image_size} px, {len(sset.class_names)} classes, {len(train_split)} train / "
-                        f"{len(val_split)} val images" + (f", {ctx.world_size} processes x batch "
-                                                          f"{plan.loader.batch_size}" if ctx.distributed else ""))
-        if plan.run.sync_bn:
-            if device.type != "cuda":
-                raise TrainingError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(device, memory_format=torch.channels_last)  # measured 1.3x on CPU, faster on CUDA
+        self.model = build_model(plan, ctx)
+        self.summary = (f"model {plan.model.name}: {count_parameters(self.model):,} parameters, "
+                        f"{plan.model.image_size}x{plan.model.image_size} px, {len(sset.class_names)} classes, "
+                        f"{len(train_split)} train / {len(val_split)} val images"
+                        + (f", {ctx.world_size} processes x batch {plan.loader.batch_size}" if ctx.distributed
+                           else ""))
         self.prec = Precision(device, plan.run.amp)
         if device.type == "cuda":
             configure_cuda(plan.run.exact)
         self.optimizer = make_optimizer(plan.optim, self.model.parameters(), device)
         self.ema = WeightEma(self.model, plan.optim.ema) if plan.optim.ema else None
-        rk = {"rank": ctx.rank, "world_size": ctx.world_size}
-        # --compile: whole batches only, so the graph is compiled for one shape
-        # reuse_buffers: each batch is done with (transformed into a new tensor) before the next is asked for
-        self.train_loader = create_loader(train_split, replace(plan.loader, drop_last=plan.run.compile,
-                                                               reuse_buffers=True), device=device, train=True, **rk)
+        self.transform = DeviceTransform(sset.mean, sset.std, device, True,
+                                         seed=plan.loader.seed + 1_000_003 * ctx.rank,
+                                         augment="flip-crop" if plan.loader.augment else None)
+        self.train_loader, self.val_loader = build_loaders(sset, train_split, val_split, plan, ctx, self.transform)
+        self.steps = len(self.train_loader)
         dropped = self.train_loader.sampler.dropped()
         if dropped:
             say(f"--compile: the last {dropped} training images of each epoch's order are left out "
                 f"(a partial batch would recompile)")
-        self.val_loader = (create_loader(val_split, replace(plan.loader, balance=0.0, reuse_buffers=True),
-                                         device=device, train=False, **rk) if len(val_split) else None)
-        self.steps = len(self.train_loader)
-        self.transform = DeviceTransform(sset.mean, sset.std, device, True,
-                                         seed=plan.loader.seed + 1_000_003 * ctx.rank)
-        fwd = self.model
-        if ctx.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            fwd = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-        self.fwd = torch.compile(fwd) if plan.run.compile else fwd
+        self.fwd = wrap_forward(self.model, plan, ctx)
         self.history: list[dict] = []
         self.best_f1 = -1.0
-        self.position = {"epoch": 0, "step": 0, "sums": None}
-        self.sync_debug: Optional[str] = None  # "error": any host-device sync in the step loop raises (CUDA)
-        # the long tail: classes with fewer than SMALL_CLASS images in the whole set (train + val)
-        counts = sset.manifest.get("class_counts", {})
-        totals = np.sum([counts[k] for k in ("train", "val") if k in counts], axis=0) if counts else []
-        self.small_classes = [c for c, n in enumerate(np.atleast_1d(totals)) if n < SMALL_CLASS]
+        self.position = RunPosition()
+        self.small_classes = small_classes(sset)
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        for loader in (self.train_loader, self.val_loader):
+            if loader is not None:
+                loader.close()
 
     def restore(self, ckpt: dict, path: Path) -> None:
         """Continue from a checkpoint: weights, optimiser, scaler, RNGs, position, history."""
@@ -187,17 +227,20 @@ class Trainer:
             self.prec.scaler.load_state_dict(ckpt["scaler"])  # else a fresh scale: fp16 starts here
         set_rng_state(ckpt["rng"][self.ctx.rank], self.transform)
         self.best_f1, self.history = float(ckpt.get("best_f1", -1.0)), list(ckpt["history"])
-        self.position = dict(ckpt["position"])
-        e, k = self.position["epoch"], self.position["step"]
+        try:
+            self.position = RunPosition.from_dict(ckpt["position"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"not a checkpoint of this tool: {path} (bad position: {exc})") from None
+        e, k = self.position.epoch, self.position.step
         self.summary += f"\nresumed from {path}: epoch {e + 1}" + (f", batch {k + 1} of {self.steps}" if k else "")
 
-    def _payload(self, position: dict, gather: bool = True) -> dict:
+    def _payload(self, position: RunPosition, gather: bool = True) -> dict:
         # every rank's RNG state, for an exact resume (a collective: all ranks call it)
         rng = dd.gather_objects(self.ctx, rng_state(self.transform)) if gather else [rng_state(self.transform)]
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "scaler": self.prec.scaler.state_dict(), "epoch": position["epoch"] - 1, "position": position,
-                "precision": self.prec.name,
+                "scaler": self.prec.scaler.state_dict(), "epoch": position.epoch - 1,
+                "position": position.to_dict(), "precision": self.prec.name,
                 "best_f1": self.best_f1, "history": self.history, "rng": rng, "world_size": self.ctx.world_size,
                 "class_names": self.sset.class_names, "mean": self.sset.mean.tolist(), "std": self.sset.std.tolist(),
                 "config": self.plan.to_dict(), "preprocess": self.sset.manifest["options"],
@@ -212,26 +255,30 @@ class Trainer:
         self.say(self.summary)
         # wall_s in metrics.csv: seconds of this run so far (training, validation and checkpoints), the
         # time-to-accuracy clock; a resumed run continues it from the last recorded epoch.
-        self.t_run = time.perf_counter()
-        self.wall_offset = float(self.history[-1].get("wall_s") or 0.0) if self.history else 0.0
-        if self.position.get("sums"):  # the part of an epoch trained before an interrupt
-            self.wall_offset += float(self.position["sums"]["seconds"])
+        offset = float(self.history[-1].get("wall_s") or 0.0) if self.history else 0.0
+        if self.position.partial is not None:  # the part of an epoch trained before an interrupt
+            offset += self.position.partial.seconds
+        t_run = time.perf_counter()
+
+        def wall_s() -> float:
+            return offset + time.perf_counter() - t_run
+
         if ctx.is_main:
             write_text(self.out / "config.json", json.dumps({
                 **self.plan.to_dict(), "shards": str(self.sset.root), "world_size": ctx.world_size,
                 "shards_fingerprint": self.sset.manifest.get("fingerprint")}, indent=2) + "\n")
-        start = self.position["epoch"]
+        start = self.position.epoch
         last = o.epochs if stop_after is None else min(o.epochs, start + stop_after)
         with StopRequest() as stop:
             for epoch in range(start, last):
                 stats = self._train_epoch(epoch, stop, on_step)
                 if stats is None:  # stopped inside the epoch: interrupted.pt holds the position
                     raise Stopped(stop.signum)
-                self._end_epoch(epoch, stats)
+                self._end_epoch(epoch, stats, wall_s)
                 if stop.agreed(ctx, 0) and epoch + 1 < last:
                     self.say(f"interrupted after epoch {epoch + 1}; continue with --resume {self.out / 'last.pt'}")
                     raise Stopped(stop.signum)
-                if self._over_budget(epoch) and epoch + 1 < last:
+                if self._over_budget() and epoch + 1 < last:
                     self.say(f"time budget of {self.plan.run.minutes:g} min: stopping after epoch {epoch + 1} "
                              f"(another would end past it); --resume {self.out / 'last.pt'} --epochs "
                              f"{o.epochs} continues")
@@ -243,7 +290,7 @@ class Trainer:
                 "config": self.plan.to_dict(), "model": self.model, "has_val": self.val_loader is not None,
                 "averaged": self.ema.module if self.ema is not None else None}
 
-    def _over_budget(self, epoch: int) -> bool:
+    def _over_budget(self) -> bool:
         """Would one more epoch (as long as the last one) end past ``run.minutes``? Decided on rank 0."""
         if not self.plan.run.minutes:
             return False
@@ -254,29 +301,32 @@ class Trainer:
             dd.broadcast_buffers(self.ctx, Holder(over))  # every rank stops after the same epoch
         return bool(over)
 
-    def _end_epoch(self, epoch: int, stats: dict) -> None:
-        """Validate, record, checkpoint and plot one finished epoch."""
+    def _validate(self, epoch: int) -> dict:
+        """The validated model's val loss, accuracy, macro-F1 and the long tail's macro-F1 (None without val)."""
         dd.broadcast_buffers(self.ctx, self.model)
         scored = self.model
         if self.ema is not None:  # the average is what is validated, kept as best.pt and predicted with
             dd.broadcast_buffers(self.ctx, self.ema.module)
             scored = self.ema.module
-        val = {"loss": None, "acc": None, "f1": None}
-        if self.val_loader is not None:
-            self.val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
-            val = evaluate_batches(scored, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx,
-                                   tta=self.plan.run.tta)
-        small = None
-        if self.val_loader is not None:
-            small = accuracy_f1(val["y_true"], val["y_pred"], self.small_classes)[1] if self.small_classes else None
+        if self.val_loader is None:
+            return {"loss": None, "acc": None, "f1": None, "f1_small": None}
+        self.val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
+        val = evaluate_batches(scored, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx,
+                               tta=self.plan.run.tta)
+        small = accuracy_f1(val["y_true"], val["y_pred"], self.small_classes)[1] if self.small_classes else None
+        return {**val, "f1_small": small}
+
+    def _end_epoch(self, epoch: int, stats: dict, wall_s: Callable[[], float]) -> None:
+        """Validate, record, checkpoint and plot one finished epoch."""
+        val = self._validate(epoch)
         o = self.plan.optim  # lr: the schedule after the epoch (the next step's), as OneCycleLR reported it
         row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
                "lr": lr_at(o, (epoch + 1) * self.steps, o.epochs * self.steps)[0],
-               "val_f1_small": small, "wall_s": self.wall_offset + time.perf_counter() - self.t_run}
+               "val_f1_small": val["f1_small"], "wall_s": wall_s()}
         self.history.append(row)
         improved = val["f1"] is not None and val["f1"] > self.best_f1
         self.best_f1 = max(self.best_f1, val["f1"]) if val["f1"] is not None else self.best_f1
-        self.position = {"epoch": epoch + 1, "step": 0, "sums": None}
+        self.position = RunPosition(epoch + 1)
         data = self._payload(self.position)
         if self.ctx.is_main:
             self._save("last.pt", data)
@@ -294,7 +344,7 @@ class Trainer:
                  f"data wait {100 * stats['data_wait']:.1f}%{' *best*' if improved else ''}")
 
     def _train_epoch(self, epoch: int, stop: StopRequest, on_step) -> Optional[dict]:
-        """One epoch from the current position; None if Ctrl-C stopped it (``interrupted.pt`` written).
+        """One epoch from the current position; None if a signal stopped it (``interrupted.pt`` written).
 
         Nothing in the step loop waits for the device: batches, indices and
         labels arrive asynchronously, the running sums stay on the device,
@@ -302,39 +352,24 @@ class Trainer:
         earlier once its copy has landed (``sync_debug`` makes any sync an
         error, as the CUDA test runs it).
         """
-        model, loader, prec, o, ctx = self.model, self.train_loader, self.prec, self.plan.optim, self.ctx
-        model.train()
-        first = self.position["step"] if self.position["epoch"] == epoch else 0
-        loader.set_epoch(epoch, start_batch=first)
-        dev = self.ctx.device
-        sums = (self.position.get("sums") if first else None) or {"loss": 0.0, "correct": 0, "seen": 0,
-                                                                    "wait": 0.0, "seconds": 0.0}
-        if ctx.distributed and ctx.rank:   # a partial epoch's sums were saved over all ranks: rank 0 carries them
-            sums = {**sums, "loss": 0.0, "correct": 0, "seen": 0}
-        loss_sum = torch.tensor(sums["loss"], dtype=torch.float64, device=dev)
-        correct = torch.tensor(sums["correct"], dtype=torch.int64, device=dev)
-        bad = torch.zeros((), dtype=torch.int64, device=dev)  # applied steps with a non-finite loss
-        check = NanCheck(bad)
-        seen = sums["seen"]
-        t0 = time.perf_counter() - sums["seconds"]
-        batches = DataWait(loader)
+        loader, o, ctx, dev = self.train_loader, self.plan.optim, self.ctx, self.ctx.device
+        self.model.train()
+        state = self.position.loader_state(epoch)   # mid-epoch after a resume, else the epoch's start
+        loader.load_state_dict(state)
+        first = state["batch"]
+        sums = EpochSums(dev, self.position.partial if first else None, ctx.rank)
+        check = NanCheck(sums.bad)
+        t0 = time.perf_counter() - sums.carried_seconds
         bar = tqdm(total=self.steps, initial=first, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                    disable=not self.progress)
         step = first
-        with sync_debug(self.sync_debug if dev.type == "cuda" else None):
-            for xb, yb in batches:
+        with steploop.sync_debug(self.sync_debug if dev.type == "cuda" else None):
+            for x, yb in loader:   # normalised and augmented on the device by the loader's transform
                 set_lr(self.optimizer, o, epoch * self.steps + step, o.epochs * self.steps)
-                x = self.transform(xb, augment=self.plan.loader.augment)
-                loss, logits, applied = prec.step(self.fwd, self.optimizer, x, yb, o.label_smoothing)
+                loss, logits, applied = self.prec.step(self.fwd, self.optimizer, x, yb, o.label_smoothing)
                 if self.ema is not None:
                     self.ema.update()
-                loss = loss.detach().double()
-                finite = torch.isfinite(loss)
-                ok = finite if applied is None else finite & applied
-                bad += (~finite).long() if applied is None else (~finite & applied).long()
-                loss_sum += torch.where(ok, loss * len(yb), torch.zeros_like(loss))
-                correct += (logits.argmax(1) == yb).sum()
-                seen += len(yb)
+                sums.add(loss, logits, yb, applied)
                 step += 1
                 bar.update()
                 if on_step is not None:
@@ -347,34 +382,32 @@ class Trainer:
                     break
         bar.close()
         if stop.requested and step < self.steps and not check.failed(final=True):
-            if ctx.distributed:  # the partial epoch's sums over every rank
-                part = dd.all_reduce_sum(ctx, torch.stack([loss_sum, correct.double(),
-                                                           torch.tensor(float(seen), dtype=torch.float64, device=dev)]))
-                loss_sum, correct, seen = part[0], part[1].long(), int(part[2])
-            self.position = {"epoch": epoch, "step": step, "sums": {
-                "loss": float(loss_sum), "correct": int(correct), "seen": seen,
-                "wait": sums["wait"] + batches.seconds, "seconds": time.perf_counter() - t0}}
-            # under torchrun every rank stopped at this step: gather their RNG states, rank 0 writes
-            self._save("interrupted.pt", self._payload(self.position, gather=ctx.distributed))
-            # no rank exits before the checkpoint is whole: a launcher stops the others when one exits
-            dd.barrier(ctx)
-            self.say(f"interrupted in epoch {epoch + 1} after batch {step} of {self.steps}; continue with "
-                     f"--resume {self.out / 'interrupted.pt'}")
+            self._save_interrupted(epoch, sums, time.perf_counter() - t0)
             return None
         if dev.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         if ctx.distributed:  # the epoch's sums over every rank
-            seen_t = torch.tensor(float(seen), dtype=torch.float64, device=dev)
-            total = dd.all_reduce_sum(ctx, torch.stack([loss_sum, correct.double(), seen_t, bad.double()]))
-            loss_sum, correct, seen, bad = total[0], total[1], int(total[2]), total[3]
-        if int(bad):
+            sums.all_reduce(ctx)
+        if int(sums.bad):
             kept = (f"the last good checkpoint is kept ({self.out / 'last.pt'}, epoch {epoch})"
                     if (self.out / "last.pt").exists() else "no checkpoint was written yet")
             raise TrainingError(f"loss became nan or inf in epoch {epoch + 1}; {kept}; try a lower --lr or --no-amp")
-        wait = sums["wait"] + batches.seconds
-        return {"train_loss": float(loss_sum) / max(1, seen), "train_acc": float(correct) / max(1, seen),
-                "seconds": seconds, "images_per_s": seen / seconds, "data_wait": wait / seconds}
+        return sums.stats(loader.wait_seconds, seconds)
+
+    def _save_interrupted(self, epoch: int, sums: EpochSums, seconds: float) -> None:
+        """Write ``interrupted.pt`` at the loader's position inside ``epoch`` (every rank calls it)."""
+        if self.ctx.distributed:  # the partial epoch's sums over every rank
+            sums.all_reduce(self.ctx, with_bad=False)
+        state = self.train_loader.state_dict()
+        self.position = RunPosition(state["epoch"], state["batch"],
+                                    sums.partial(self.train_loader.wait_seconds, seconds))
+        # under torchrun every rank stopped at this step: gather their RNG states, rank 0 writes
+        self._save("interrupted.pt", self._payload(self.position, gather=self.ctx.distributed))
+        # no rank exits before the checkpoint is whole: a launcher stops the others when one exits
+        dd.barrier(self.ctx)
+        self.say(f"interrupted in epoch {epoch + 1} after batch {state['batch']} of {self.steps}; continue with "
+                 f"--resume {self.out / 'interrupted.pt'}")
 
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
