@@ -19,17 +19,18 @@ Stages, one module each:
     neardup       perceptual hash per stored image, near-duplicate groups
     split         train/val split by content (whole groups) and class-interleaved shard plan
     shard_format  the HDF5 shard format: write, open, check, verify (owner module)
-    preprocess    the whole preprocess stage (parallel, streaming, atomic), and write_set
-    dataset       the per-sample Dataset
+    shard_commit  a set folder's ownership and commit protocol (lock, leftovers, journal, atomic commit)
+    preprocess    the whole preprocess stage (parallel, streaming), and write_set
+    dataset       the per-sample Dataset, and the per-process shard maps both datasets read
     sampler       the epoch plan: seeded order, class balance, ranks
-    loader        the fast batch loader: shard batch reader, resident caches, data wait
+    loader        the fast batch loader: three readers (streaming, RAM, device) behind one loader, data wait
     transform     normalise + augment whole batches on the device
     runtime       device choice, the AMP policy, CUDA switches
     optim         optimizer, learning-rate schedule, moving average of the weights
     metrics       accuracy, macro-F1, batch evaluation
     train         the training loop (checkpoints, exact resume)
     resume        what continuing a run needs: the checkpoint's plan, the checks before it
-    steploop      Ctrl-C at a step boundary, a NaN check that never waits, CUDA sync debugging
+    steploop      the run's position and the epoch's sums, stop at a step boundary, NaN check, sync debugging
     evaluate      evaluate and predict
     export        ONNX export checked against ONNX Runtime, and the exported file's classifier
     bench         side-by-side throughput against the notebooks' way

@@ -46,8 +46,8 @@ logger = logging.getLogger(__name__)
 
 def _rate(fn: Callable[[], int], min_seconds: float = 0.0) -> float:
     """Images/s of ``fn`` (which returns how many images it handled), called
-    again until it has run ``min_seconds``: an epoch of a small split lasts
-    ~10 ms, too short to time on a shared 2-core VM."""
+    again until it has run ``min_seconds``: an epoch of a small split is too
+    short to time alone on a shared VM (BENCHMARKS.md "`python cli.py bench`")."""
     t, n = time.perf_counter(), 0
     while True:
         n += fn()
@@ -60,10 +60,11 @@ def _alternated(contenders: dict[str, Callable[[], int]], min_seconds: float) ->
     """Each contender's rate, calls alternating one by one until each has run ``min_seconds``.
 
     For in-process contenders of about a millisecond a call (an epoch of
-    the resident loader, a pass of the memory gather): this VM's speed
-    moved by up to 1.6x between consecutive half-second spells at 64 px,
-    so a ratio of two rates is only trusted when they were measured
-    within milliseconds of each other, interleaved call by call.
+    the resident loader, a pass of the memory gather): a shared VM's speed
+    moves between consecutive half-second spells, so a ratio of two rates
+    is only trusted when they were measured within milliseconds of each
+    other, interleaved call by call (BENCHMARKS.md "The 64 px resident gap
+    found and closed").
     """
     seconds = dict.fromkeys(contenders, 0.0)
     images = dict.fromkeys(contenders, 0)
@@ -212,14 +213,13 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
     from .loader import create_loader
     from .shard_format import open_set
 
-    # glibc's malloc serves the notebooks' loader's 196 KB float32 samples and
-    # 6 MB batches (at 128 px) from reused heap or from fresh pages, depending
-    # on the largest block the process has freed so far: in fresh processes
-    # the same code ran at either speed (about 2x apart; fast in 3 of 7).
-    # Freeing one 16 MB block first raises malloc's mmap threshold above the
-    # batch size, which gave the fast state in 7 of 7: the state of a
-    # notebook's training process once its model has freed activations, so
-    # the baseline is taken at its best.
+    # glibc's malloc serves the notebooks' loader's float32 samples and
+    # batches from reused heap or from fresh pages, depending on the largest
+    # block the process has freed so far, so fresh processes ran the same code
+    # at two speeds. Freeing one 16 MB block first raises malloc's mmap
+    # threshold above the batch size: the state of a notebook's training
+    # process once its model has freed activations, so the baseline is taken
+    # at its best (BENCHMARKS.md "Against the targets of the issues").
     warm = np.ones(16 << 20, dtype=np.uint8)
     del warm
 
@@ -227,10 +227,9 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
     resident = create_loader(split, LoaderConfig(batch_size=cfg.batch_size, workers=0, reuse_buffers=True,
                                                  cache="device" if device.type == "cuda" else "ram"),
                              device=device, train=True)
-    # The memory limit gathers from the very array the resident loader reads: at 64 px the sample's
-    # split (20 MB) nearly fits this CPU's 32 MB L3 cache, and a second copy, read by the two limit
-    # gathers in turn, stayed warmer than the loader's (the loader measured 68% of it vs 82% when
-    # both had a copy of their own).
+    # The memory limit gathers from the very array the resident loader reads: a small split nearly
+    # fits the L3 cache, and a second copy read by the limit gathers stayed warmer than the loader's
+    # (BENCHMARKS.md "The 64 px resident gap found and closed").
     images = resident.resident.numpy() if resident.resident.device.type == "cpu" else split.load_all()
     n = len(images)
 
@@ -296,7 +295,7 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
                   "memory_limit_numpy": gather_numpy, "memory_limit_torch": gather_torch}
     for fn in contenders.values():
         fn()  # warm-up: worker start, page cache, allocator
-    # The resident loader and the memory limit are one process's work, about 1 ms an epoch at 64 px:
+    # The resident loader and the memory limit are one process's work, about a millisecond an epoch:
     # timed call by call alternately, so their ratio is not the VM's speed from one spell to the next.
     rounds = _interleaved(contenders, cfg.repeats, cfg.min_seconds,
                           together=("project_resident", "memory_limit_numpy", "memory_limit_torch"))
@@ -321,7 +320,7 @@ def bench_loading(files: list[Path], shards: Path, cfg: BenchConfig, device) -> 
     dec = DataLoader(DecodeDataset(), batch_size=32, shuffle=True, num_workers=cfg.workers,
                      persistent_workers=cfg.workers > 0)
     sum(len(x) for x, _ in dec)  # warm-up
-    res["decode_every_epoch"] = _rate(lambda: sum(len(x) for x, _ in dec))  # one epoch: ~7 s
+    res["decode_every_epoch"] = _rate(lambda: sum(len(x) for x, _ in dec))  # one epoch: seconds, timed once
 
     within = lambda a, b: statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))  # noqa: E731
     return {

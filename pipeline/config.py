@@ -299,7 +299,7 @@ def recipe(name: str, model: str) -> tuple[OptimConfig, dict]:
     if name == "default":
         # Time to accuracy on the real images (BENCHMARKS.md "Time to accuracy"): 13 epochs fit 20 minutes
         # of 2 CPU cores for resnet at 64 px; square-root class balance for the long tail; test-time flip;
-        # validation on a moving average of the weights (89.6% val top-1 after 4 epochs instead of 78.9%).
+        # validation on a moving average of the weights (BENCHMARKS.md "A moving average of the weights").
         return OptimConfig(epochs=13, ema=0.995), {"batch_size": 128, "augment": True, "balance": 0.5, "tta": True}
     raise ConfigError(f"unknown recipe {name!r}; choose one of {RECIPES}")
 
@@ -365,7 +365,7 @@ class BenchConfig:
         repeats: timed repeats (interleaved rounds for loading) of each cheap
             measurement; the median is kept.
         min_seconds: a timed repeat of a loading measurement runs whole
-            epochs until at least this long (an epoch of 1,700 images is ~10 ms).
+            epochs until at least this long (an epoch of a small split lasts milliseconds).
         steps: timed training steps per variant.
     """
 

@@ -26,6 +26,49 @@ from torch.utils.data import Dataset
 from .shard_format import SplitSet
 
 
+class ShardMaps:
+    """Each shard's images, opened lazily, once per process that reads them.
+
+    A contiguous shard is a read-only memory map of its file (no copy); a
+    compressed one is decompressed into RAM, of which only the ``keep``
+    most recently used are held. Maps and HDF5 handles must not cross a
+    fork, so a process that finds maps opened by another (its parent)
+    opens its own; pickled (spawn), this is metadata only.
+
+    Args:
+        shards: the split's shards (``split.shards``).
+        as_tensor: give torch tensors over the arrays (for ``index_select``).
+        keep: decompressed shards held at once.
+    """
+
+    def __init__(self, shards, as_tensor: bool = False, keep: int = 2) -> None:
+        self.shards, self.as_tensor, self.keep = shards, as_tensor, keep
+        self._maps: list = []
+        self._loaded: list[int] = []
+        self._pid: Optional[int] = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_maps": [], "_loaded": [], "_pid": None}
+
+    def __getitem__(self, s: int):
+        if self._pid != os.getpid():  # first read in this process: nothing inherited is valid
+            self._maps, self._loaded, self._pid = [None] * len(self.shards), [], os.getpid()
+        if self._maps[s] is None:
+            images = self.shards[s].images_map()
+            if self.as_tensor:
+                with warnings.catch_warnings():
+                    # The map is read-only and torch warns that its tensors are
+                    # writable; these are only ever the source of a gather.
+                    warnings.simplefilter("ignore", UserWarning)
+                    images = torch.from_numpy(images)
+            self._maps[s] = images
+            if self.shards[s].offset is None:  # decompressed into RAM: bound how many
+                self._loaded.append(s)
+                while len(self._loaded) > self.keep:
+                    self._maps[self._loaded.pop(0)] = None
+        return self._maps[s]
+
+
 class ShardDataset(Dataset):
     """One split as ``(image, label)`` samples.
 
@@ -41,27 +84,14 @@ class ShardDataset(Dataset):
     """
 
     def __init__(self, split: SplitSet, transform=None) -> None:
-        self.shards = split.shards
+        self.maps = ShardMaps(split.shards)
         self.offsets = np.asarray(split.offsets, dtype=np.int64)
         self.labels = np.asarray(split.labels, dtype=np.int64)
         self.class_names = list(split.class_names)
         self.transform = transform
-        self._maps: Optional[list] = None
-        self._pid: Optional[int] = None
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
-
-    def __getstate__(self) -> dict:
-        # what crosses to a worker (spawn pickles the dataset): metadata, never a map
-        return {**self.__dict__, "_maps": None, "_pid": None}
-
-    def _shard(self, s: int) -> np.ndarray:
-        if self._pid != os.getpid():  # first read in this process: maps do not cross a fork
-            self._maps, self._pid = [None] * len(self.shards), os.getpid()
-        if self._maps[s] is None:
-            self._maps[s] = self.shards[s].images_map()
-        return self._maps[s]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         n = len(self)
@@ -70,7 +100,7 @@ class ShardDataset(Dataset):
             raise IndexError(f"index {i} out of range for a split of {n} images")
         i %= n
         s = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        row = self._shard(s)[i - self.offsets[s]]
+        row = self.maps[s][i - self.offsets[s]]
         with warnings.catch_warnings():  # the map is read-only; the copy below is what is returned
             warnings.simplefilter("ignore", UserWarning)
             image = torch.from_numpy(np.ascontiguousarray(row.transpose(2, 0, 1)))  # one copy, HWC -> CHW

@@ -6,10 +6,10 @@ so a model sees at inference exactly what it saw in training.
 Speed: for JPEGs, ``Image.draft`` asks libjpeg for a DCT-domain reduced
 decode (1/2, 1/4 or 1/8 scale) that still covers the output size, so a
 480x360 frame going to 128 px decodes at 240x180 (a quarter of the pixels)
-before the antialiasing resize: 420 us instead of 678 us for a full
-decode + resize per image on one core here (1.6x; libjpeg-turbo's Huffman
-decoding, which no reduced-size decode skips, is most of what is left;
-BENCHMARKS.md). The result differs from a full decode + resize by about one grey
+before the antialiasing resize, a large part of a full decode + resize
+(libjpeg-turbo's Huffman decoding, which no reduced-size decode skips, is
+most of what is left; BENCHMARKS.md "Against the targets of the issues").
+The result differs from a full decode + resize by about one grey
 level on average (``tests/test_decode.py`` holds it under 3).
 """
 

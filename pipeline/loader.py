@@ -1,18 +1,21 @@
-"""Batches from shards to the model: the shard batch reader, the resident caches, the loader.
+"""Batches from shards to the model: one loader over three readers.
 
-Hops a batch makes from disk to the model:
+:class:`BatchLoader` owns the epoch plan, the labels, the transform and the
+resume state; a reader (:data:`READERS`, chosen by the cache mode) only
+turns the epoch's indices into uint8 batches on the device. Hops a batch
+makes from disk to the model:
 
-* streaming (``cache='none'``): (1) a DataLoader worker gathers the batch's
+* streaming (``cache='none'``, :class:`StreamReader`): (1) a DataLoader worker gathers the batch's
   rows from its memory map of the shard (page cache -> a slot of a
   shared-memory ring, so handing it to the main process copies nothing).
   On CPU the model reads that slot in place: one copy from disk to model.
   On CUDA (2) the pin-memory thread copies it to pinned memory and (3) one
   ``non_blocking`` DMA puts it on the GPU.
-* resident in RAM (``cache='ram'``): (1) one multi-threaded gather from the
+* resident in RAM (``cache='ram'``, :class:`RamReader`): (1) one multi-threaded gather from the
   in-RAM split into the batch's buffer (pinned memory on CUDA; one reused
   buffer with ``reuse_buffers``)
   and (2) the DMA; no worker processes.
-* resident on the device (``cache='device'``): the split was copied to the
+* resident on the device (``cache='device'``, :class:`DeviceReader`): the split was copied to the
   GPU once; each batch is one gather there, zero host hops.
 
 Pixels stay uint8 (a quarter of float32's bytes) until they are on the
@@ -22,10 +25,7 @@ at once.
 
 Order: the epoch plan of :mod:`pipeline.sampler` (a pure function of seed
 and epoch, per rank). Batches come back in plan order whatever the worker
-count. In streaming mode one DataLoader iteration runs across consecutive
-epochs (the sampler streams epoch after epoch), so the workers do not
-drain and restart at every epoch boundary; a jump to another epoch starts
-a fresh stream.
+count.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import logging
 import os
 import random
 import time
-import warnings
 from typing import Iterator, Optional
 
 import numpy as np
@@ -43,6 +42,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .config import LoaderConfig
+from .dataset import ShardMaps
 from .sampler import EpochBatchSampler
 from .shard_format import SplitSet
 from .transform import DeviceTransform
@@ -60,6 +60,12 @@ class _Stream:
         return self.sampler.stream(self.start, self.skip)
 
 
+# A streaming worker's answer on CPU, (worker, slot, n): its batch is ``shared[worker, slot, :n]``
+# of the ring. A plain tuple, not a NamedTuple: it is pickled through the worker's queue once per
+# batch, and a class pickles by name and unpickles by lookup.
+RingSlot = tuple[int, int, int]
+
+
 class ShardBatchDataset(Dataset):
     """Map-style dataset whose item is a whole batch's images: ``ds[index_array]``.
 
@@ -69,8 +75,8 @@ class ShardBatchDataset(Dataset):
     Each worker maps the shards lazily on first use (maps and HDF5 handles
     must not cross a fork) and gathers a batch with one
     ``torch.index_select`` per run of samples from one shard: no per-sample
-    Python. (A row copy per image: 0.27 ms per batch of 128 at 128 px on
-    one core here, against 0.47 ms for ``np.take`` into the same buffer.)
+    Python (faster than ``np.take`` into the same buffer: BENCHMARKS.md
+    "Against the targets of the issues").
 
     In a worker, batches go into a ring of ``ring`` slots per worker, so a
     batch crosses the process boundary with no copy, no page fault and no
@@ -78,9 +84,10 @@ class ShardBatchDataset(Dataset):
 
     * on CPU the ring is one shared-memory tensor ``shared`` (workers, ring,
       B, H, W, 3) allocated before the workers fork; a worker returns only
-      (worker, slot, n), and the main process reads the slot
-      in place (a fresh shared tensor per batch, as ``default_collate``
-      makes, held the path at 35k img/s at 128 px on 2 cores);
+      a :class:`RingSlot`, and the main process reads the slot in place (a
+      fresh shared tensor per batch, as ``default_collate`` makes, held the
+      path to a tenth of the rate: BENCHMARKS.md "Against the targets of
+      the issues");
     * on CUDA each slot is a shared tensor made once by the worker (torch
       caches its mapping in the main process), which the DataLoader's
       pin-memory thread copies to pinned memory for an async DMA.
@@ -92,13 +99,11 @@ class ShardBatchDataset(Dataset):
     """
 
     def __init__(self, split: SplitSet, ring: int = 0, shared: Optional[torch.Tensor] = None) -> None:
-        self.shards = split.shards
+        self.maps = ShardMaps(split.shards, as_tensor=True)
         self.offsets = split.offsets
         self.size = split.image_size
         self.ring = ring
         self.shared = shared
-        self._maps: list = []
-        self._loaded: list[int] = []
         self._pid: Optional[int] = None
         self._slots: list[torch.Tensor] = []
         self._next = 0
@@ -107,25 +112,8 @@ class ShardBatchDataset(Dataset):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
-    def _shard(self, s: int) -> torch.Tensor:
-        """Shard ``s``'s images as a tensor: over a memory map (contiguous
-        shards, opened once per process), or for compressed shards over the
-        decompressed array, of which only the two most recently used are kept."""
-        if self._maps[s] is None:
-            images = self.shards[s].images_map()
-            with warnings.catch_warnings():
-                # The map is read-only and torch warns that its tensors are
-                # writable; this one is only ever the source of a gather.
-                warnings.simplefilter("ignore", UserWarning)
-                self._maps[s] = torch.from_numpy(images)
-            if self.shards[s].offset is None:  # held in RAM: bound how many
-                self._loaded.append(s)
-                while len(self._loaded) > 2:
-                    self._maps[self._loaded.pop(0)] = None
-        return self._maps[s]
-
-    def _buffer(self, n: int) -> tuple[torch.Tensor, Optional[tuple]]:
-        """Where this batch goes, and the (worker, slot, n) token that names it."""
+    def _buffer(self, n: int) -> tuple[torch.Tensor, Optional[RingSlot]]:
+        """Where this batch goes, and the ring slot that names it (None: the tensor itself is returned)."""
         shape = (n, self.size, self.size, 3)
         info = get_worker_info()
         if info is None or not self.ring:
@@ -146,7 +134,7 @@ class ShardBatchDataset(Dataset):
         """Gather ``idx`` (in runs of one shard, split at ``cuts``) into ``dst``."""
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(idx)]):
             local = torch.from_numpy(idx[a:b] - self.offsets[sid[a]])
-            torch.index_select(self._shard(sid[a]), 0, local, out=dst[a:b])
+            torch.index_select(self.maps[int(sid[a])], 0, local, out=dst[a:b])
 
     def _scratch(self, n: int) -> torch.Tensor:
         """A per-process buffer for ``n`` images, reused from batch to batch."""
@@ -154,9 +142,8 @@ class ShardBatchDataset(Dataset):
             self._spare = torch.empty((n, self.size, self.size, 3), dtype=torch.uint8)
         return self._spare[:n]
 
-    def __getitem__(self, idx: np.ndarray) -> "torch.Tensor | tuple[int, int, int]":
-        if self._pid != os.getpid():  # first call in this process: nothing inherited is valid
-            self._maps, self._loaded = [None] * len(self.shards), []
+    def __getitem__(self, idx: np.ndarray) -> "torch.Tensor | RingSlot":
+        if self._pid != os.getpid():  # first call in this process: no ring slot inherited is ours
             self._slots, self._next, self._pid, self._spare = [], 0, os.getpid(), None
         idx = np.asarray(idx, dtype=np.int64)
         out, token = self._buffer(len(idx))
@@ -166,8 +153,8 @@ class ShardBatchDataset(Dataset):
         # px): each run is gathered straight into its rows of ``out``.
         # Balanced sampling mixes shards within a batch: its rows are
         # gathered in shard order into a reused buffer, then put in place.
-        # (A temporary per shard instead, fresh memory each batch, held the
-        # DataLoader path at 226k img/s vs 337k at 128 px here.)
+        # (A temporary per shard instead, fresh memory each batch, was a third
+        # slower: BENCHMARKS.md "Against the targets of the issues".)
         cuts = np.flatnonzero(sid[1:] != sid[:-1]) + 1
         if len(cuts) < 8:
             self._gather_runs(idx, sid, cuts, out)
@@ -216,42 +203,9 @@ class BatchLoader:
         self.split, self.cfg, self.device, self.mode, self.sampler = split, cfg, device, mode, sampler
         self.transform = transform
         self._handed = 0  # batches of the current epoch handed out so far
-        self._fetch: Optional[DataWait] = None  # the current iteration's batch fetches, timed
+        self._waited = 0.0  # seconds the current iteration has waited for batches
         self.labels = torch.from_numpy(split.labels)
-        self._loader: Optional[DataLoader] = None
-        self._images: Optional[torch.Tensor] = None
-        self._shared: Optional[torch.Tensor] = None  # the streaming workers' shared batch ring (CPU)
-        self._reused: Optional[torch.Tensor] = None  # RAM mode's one batch buffer under reuse_buffers
-        if mode in ("ram", "device"):
-            images = torch.from_numpy(split.load_all())
-            self._images = images.to(device) if mode == "device" else images
-            # With reuse_buffers, CPU batches are gathered into one reused
-            # buffer: a fresh 6 MB buffer per batch page-faults on every 4 KB
-            # and gathered at 370k img/s instead of 450k (128 px, batch 128),
-            # and at 64 px one buffer instead of a ring of three gathered 5-9%
-            # faster (it stays in cache). Without it each batch gets fresh
-            # memory, safe to keep. Pinned CUDA buffers come from torch's
-            # caching host allocator, which reuses them once their DMA is done.
-            if mode == "ram" and device.type != "cuda" and cfg.reuse_buffers:
-                self._reused = torch.empty((cfg.batch_size,) + tuple(images.shape[1:]), dtype=torch.uint8)
-        else:
-            cuda = device.type == "cuda"
-            workers = cfg.workers
-            ring = cfg.prefetch_factor + 2
-            if workers > 0 and not cuda:  # allocated before the fork, so every worker shares it
-                self._shared = torch.empty((workers, ring, cfg.batch_size, split.image_size, split.image_size, 3),
-                                           dtype=torch.uint8).share_memory_()
-            self._stream = _Stream(sampler)
-            self._it: Optional[Iterator] = None
-            self._next_epoch: Optional[int] = None  # the epoch the live iterator is at, if any
-            self._loader = DataLoader(
-                ShardBatchDataset(split, ring=ring if workers > 0 else 0, shared=self._shared), sampler=self._stream,
-                batch_size=None, num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
-                prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
-                worker_init_fn=_seed_worker if workers > 0 else None, collate_fn=_as_is,
-                generator=torch.Generator().manual_seed(cfg.seed),
-                multiprocessing_context="fork" if workers > 0 else None,
-            )
+        self.reader = READERS[mode](split, cfg, device, sampler)
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """The next iteration reads ``epoch``, from batch ``start_batch`` on."""
@@ -282,17 +236,12 @@ class BatchLoader:
         forked, the run folder's lock among them: a run closes its loaders
         before it lets the lock go, so the next run can take it at once.
         """
-        self._fetch = None
-        if self._loader is not None and self._it is not None:
-            it, self._it = self._it, None
-            shutdown = getattr(it, "_shutdown_workers", None)   # torch's multi-process iterator
-            if shutdown is not None:
-                shutdown()
+        self.reader.close()
 
     @property
     def resident(self) -> Optional[torch.Tensor]:
         """The whole split as one uint8 (N, H, W, 3) tensor where it is resident (RAM or device), else None."""
-        return self._images
+        return self.reader.images
 
     def epoch_indices(self) -> torch.Tensor:
         """This rank's samples for the current epoch, from its start batch on, as one int64 tensor.
@@ -312,16 +261,38 @@ class BatchLoader:
 
     @property
     def wait_seconds(self) -> float:
-        """Seconds the current (or last) iteration has waited for its batches: the data wait
-        (:class:`DataWait`), without the time the transform takes."""
-        return self._fetch.seconds if self._fetch is not None else 0.0
+        """Seconds the current (or last) :meth:`timed` iteration has waited for its batches: the data
+        wait as :class:`DataWait` defines it, without the time the transform takes."""
+        return self._waited
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        # Streaming CPU batches are slots of the workers' shared ring: copied out unless reuse was asked for
-        keep = self._shared is not None and not self.cfg.reuse_buffers
+        return self._iterate(timed=False)
+
+    def timed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate as ``iter(loader)`` does, counting :attr:`wait_seconds` (what ``train`` reports).
+
+        Kept apart from plain iteration: two clock reads a batch are a visible
+        part of a small resident batch's gather, which bench measures
+        (BENCHMARKS.md "The 64 px resident gap found and closed").
+        """
+        return self._iterate(timed=True)
+
+    def _iterate(self, timed: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Batches in memory the reader writes again later are copied out unless reuse was asked for
+        keep = self.reader.recycles and not self.cfg.reuse_buffers
         transform, train = self.transform, self.sampler.shuffle
-        self._fetch = DataWait(self._batches())
-        for x, y in self._fetch:
+        batches, clock = self._batches(), time.perf_counter
+        self._waited = 0.0
+        while True:
+            if timed:   # as DataWait times next()
+                t = clock()
+                batch = next(batches, None)
+                self._waited += clock() - t
+            else:
+                batch = next(batches, None)
+            if batch is None:
+                return
+            x, y = batch
             self._handed += 1
             if transform is not None:
                 x = transform(x, augment=train)  # a new tensor: nothing shared
@@ -330,39 +301,123 @@ class BatchLoader:
             yield x, y
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        cuda = self.device.type == "cuda"
         b = self.cfg.batch_size
         idx = self.epoch_indices()
         # The epoch's labels, and both split into per-batch views in one call
-        # each: a 64 px batch gathers in ~40 us here, so a few us of Python
-        # per batch is a tenth of the loader's rate.
+        # each: Python per batch is a visible part of a small batch's gather
+        # (BENCHMARKS.md "The 64 px resident gap found and closed").
         labels = self._to_device(self.labels.index_select(0, idx)).split(b)
-        if self._loader is not None:
-            epoch, skip = self.sampler.epoch, self.sampler.start_batch
-            if self._it is None or self._next_epoch != epoch or skip:  # first epoch, not the next one, or a resume
-                self._stream.start, self._stream.skip = epoch, skip
-                self._it = iter(self._loader)
-            self._next_epoch = None  # until this epoch is read to its end
-            for y in labels:
-                x = next(self._it)
-                if isinstance(x, tuple):  # a slot of the shared ring: read in place
-                    w, k, n = x
-                    x = self._shared[w, k, :n]
-                yield (x.to(self.device, non_blocking=True) if cuda else x), y
-            self._next_epoch = epoch + 1
-            return
-        if self.mode == "device":
-            for i, y in zip(self._to_device(idx).split(b), labels):
-                yield self._images.index_select(0, i), y
-            return
-        reused = self._reused
-        for i, y in zip(idx.split(b), labels):
-            if reused is not None:
-                buf = reused if len(i) == b else reused[: len(i)]
+        return self.reader.batches(self.sampler.epoch, self.sampler.start_batch, idx, labels)
+
+
+class StreamReader:
+    """``cache='none'``: DataLoader workers gather each batch from their maps of the shards.
+
+    One DataLoader iteration runs across consecutive epochs (the sampler
+    streams epoch after epoch), so the workers do not drain and restart at
+    every epoch boundary; a jump to another epoch, or a resume inside one,
+    starts a fresh stream.
+    """
+
+    images = None
+
+    def __init__(self, split: SplitSet, cfg: LoaderConfig, device: torch.device, sampler: EpochBatchSampler) -> None:
+        self.device = device
+        cuda = device.type == "cuda"
+        workers = cfg.workers
+        ring = cfg.prefetch_factor + 2
+        self.shared: Optional[torch.Tensor] = None  # the workers' batch ring on CPU
+        if workers > 0 and not cuda:  # allocated before the fork, so every worker shares it
+            self.shared = torch.empty((workers, ring, cfg.batch_size, split.image_size, split.image_size, 3),
+                                      dtype=torch.uint8).share_memory_()
+        self.recycles = self.shared is not None   # a ring slot is written again ``ring`` batches later
+        self.stream = _Stream(sampler)
+        self.it: Optional[Iterator] = None
+        self.next_epoch: Optional[int] = None  # the epoch the live iterator is at, if any
+        self.loader = DataLoader(
+            ShardBatchDataset(split, ring=ring if workers > 0 else 0, shared=self.shared), sampler=self.stream,
+            batch_size=None, num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
+            prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+            worker_init_fn=_seed_worker if workers > 0 else None, collate_fn=_as_is,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            multiprocessing_context="fork" if workers > 0 else None,
+        )
+
+    def batches(self, epoch: int, skip: int, idx: torch.Tensor, labels) -> Iterator:
+        cuda = self.device.type == "cuda"
+        if self.it is None or self.next_epoch != epoch or skip:  # first epoch, not the next one, or a resume
+            self.stream.start, self.stream.skip = epoch, skip
+            self.it = iter(self.loader)
+        self.next_epoch = None  # until this epoch is read to its end
+        for y in labels:
+            x = next(self.it)
+            if isinstance(x, tuple):  # a RingSlot of the shared ring: read in place
+                w, k, n = x
+                x = self.shared[w, k, :n]
+            yield (x.to(self.device, non_blocking=True) if cuda else x), y
+        self.next_epoch = epoch + 1
+
+    def close(self) -> None:
+        it, self.it = self.it, None
+        shutdown = getattr(it, "_shutdown_workers", None)   # torch's multi-process iterator
+        if shutdown is not None:
+            shutdown()
+
+
+class RamReader:
+    """``cache='ram'``: the split in RAM; a batch is one multi-threaded gather into its buffer.
+
+    With ``reuse_buffers``, CPU batches are gathered into one reused buffer:
+    fresh memory page-faults on every 4 KB, and one buffer stays in cache
+    (BENCHMARKS.md "The 64 px resident gap found and closed"). Without it
+    each batch gets fresh memory, safe to keep. Pinned CUDA buffers come
+    from torch's caching host allocator, which reuses them once their DMA
+    is done.
+    """
+
+    recycles = False   # its reused buffer is only used when the consumer asked for reuse
+
+    def __init__(self, split: SplitSet, cfg: LoaderConfig, device: torch.device, sampler=None) -> None:
+        self.device, self.batch = device, cfg.batch_size
+        self.images = torch.from_numpy(split.load_all())
+        self.reused: Optional[torch.Tensor] = None
+        if device.type != "cuda" and cfg.reuse_buffers:
+            self.reused = torch.empty((cfg.batch_size,) + tuple(self.images.shape[1:]), dtype=torch.uint8)
+
+    def batches(self, epoch: int, skip: int, idx: torch.Tensor, labels) -> Iterator:
+        cuda = self.device.type == "cuda"
+        shape = tuple(self.images.shape[1:])
+        for i, y in zip(idx.split(self.batch), labels):
+            if self.reused is not None:
+                buf = self.reused if len(i) == self.batch else self.reused[: len(i)]
             else:
-                buf = torch.empty((len(i),) + tuple(self._images.shape[1:]), dtype=torch.uint8, pin_memory=cuda)
-            torch.index_select(self._images, 0, i, out=buf)
+                buf = torch.empty((len(i),) + shape, dtype=torch.uint8, pin_memory=cuda)
+            torch.index_select(self.images, 0, i, out=buf)
             yield (buf.to(self.device, non_blocking=True) if cuda else buf), y
+
+    def close(self) -> None:
+        pass
+
+
+class DeviceReader:
+    """``cache='device'``: the split copied to the GPU once; a batch is one gather there, no host hop."""
+
+    recycles = False
+
+    def __init__(self, split: SplitSet, cfg: LoaderConfig, device: torch.device, sampler=None) -> None:
+        self.device, self.batch = device, cfg.batch_size
+        self.images = torch.from_numpy(split.load_all()).to(device)
+
+    def batches(self, epoch: int, skip: int, idx: torch.Tensor, labels) -> Iterator:
+        on_device = idx.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else idx
+        for i, y in zip(on_device.split(self.batch), labels):
+            yield self.images.index_select(0, i), y
+
+    def close(self) -> None:
+        pass
+
+
+READERS = {"none": StreamReader, "ram": RamReader, "device": DeviceReader}
 
 
 class DataWait:

@@ -4,8 +4,9 @@ Flow (memory stays bounded by one shard buffer, whatever the dataset size):
 
 1. ``discover`` lists classes and candidate files (junk skipped, counted).
 2. A process pool over all cores reads, hashes (SHA-256) and decodes runs
-   of 32 consecutive files to uint8 squares and ``pwrite``s each run
-   straight into a flat staging file at its rows, so no pixels are pickled
+   of consecutive files (:func:`decode_run`) to uint8 squares and
+   ``pwrite``s each run straight into a flat staging file at its rows, so
+   no pixels are pickled
    between processes; a worker returns only the hashes (SHA-256 of the
    bytes, dHash of the stored pixels) and skip reasons.
 3. Byte-identical files are kept once (first path wins); near-duplicates
@@ -16,16 +17,9 @@ Flow (memory stays bounded by one shard buffer, whatever the dataset size):
    seed). The pool then takes the training split's mean/std from the
    staging file (:func:`mean_std`).
 4. Shards are gathered from the staging file with ``pread`` and written
-   into a build folder (``out/.simpsons-shards-build/``); only when all are
-   written does the commit move them into ``out`` and write
-   ``manifest.json`` last. Until the commit the previous set is untouched,
-   manifest included, so a crash, Ctrl-C or a full disk never costs it.
-
-Ownership: preprocess deletes or replaces only files it wrote, those its
-manifest (or, after a crash inside a commit, its journal) lists. A folder
-holding other files named like shards is refused. One preprocess at a time
-writes into a folder (an OS lock); leftovers of a killed run (build folder,
-staging file) are removed by the next run.
+   into the build folder, then committed (:mod:`pipeline.shard_commit`:
+   the previous set stays whole until the commit; preprocess deletes or
+   replaces only files it wrote; one build at a time per folder).
 
 A second run with the same inputs and options finds the manifest's
 fingerprint and options equal and the set intact (sizes and checksums,
@@ -37,11 +31,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import logging
 import multiprocessing as mp
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,12 +47,14 @@ from . import shard_format as sf
 from .config import PreprocessConfig, to_dict
 from .decode import DecodeError, decode_bytes, decode_image
 from .discover import DatasetError, Discovery, discover
-from .errors import FolderLock, UserError, disk_errors, expect_folder
+from .errors import UserError, disk_errors, expect_folder
 from .env import cpu_count, environment
 from .neardup import dhash, group
+from .shard_commit import SetUpdate, older_manifest
 from .split import SPLIT_RULE, content_split, shard_plan
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass
 class Items:
@@ -128,6 +122,30 @@ def _init_worker(cfg: PreprocessConfig, staging: str, root: str) -> None:
     _worker.update(cfg=cfg, fd=os.open(staging, os.O_RDWR), root=root)
 
 
+def _buffer(n: int, size: int) -> np.ndarray:
+    """This process's reused (n, size, size, 3) buffer, grown when too small.
+
+    One per process serves every phase (decode runs, statistics, shard
+    gathers). Reusing it matters: filling fresh memory costs a page fault
+    per 4 KB, which made a shard's gather twenty times slower (BENCHMARKS.md
+    "Preprocess: the figures behind its choices").
+    """
+    buf = _worker.get("buf")
+    if buf is None or buf.shape[0] < n or buf.shape[1] != size:
+        buf = _worker["buf"] = np.empty((n, size, size, 3), dtype=np.uint8)
+    return buf[:n]
+
+
+def _gather(fd: int, rows: np.ndarray, size: int) -> np.ndarray:
+    """Read staged rows into this process's reused buffer."""
+    out = _buffer(len(rows), size)
+    nbytes = out[0].nbytes if len(rows) else 0
+    for j, r in enumerate(rows):
+        if os.preadv(fd, [memoryview(out[j]).cast("B")], int(r) * nbytes) != nbytes:
+            raise OSError(f"short read from the staging file at row {r}")
+    return out
+
+
 def _read(source) -> tuple[bytes, Optional[np.ndarray]]:
     """(bytes to hash, pixels already decoded or None) of one sample's source.
 
@@ -144,6 +162,17 @@ def _read(source) -> tuple[bytes, Optional[np.ndarray]]:
         raise DecodeError(f"not an HxWx3 uint8 array ({arr.dtype} {arr.shape})")
     arr = np.ascontiguousarray(arr)
     return repr(arr.shape).encode() + arr.tobytes(), arr
+
+
+def decode_run(size: int) -> int:
+    """Images per decode task: 32, or up to 128 small ones (a run of about 1.5 MB).
+
+    A task's hash call has a fixed cost in the workers, a visible part of
+    the hash's share of a 64 px build, where that share is largest
+    (BENCHMARKS.md "Near-duplicates"); larger runs of small images
+    amortise it, and one message per run keeps IPC small.
+    """
+    return max(32, min(128, 1_500_000 // (size * size * 3)))
 
 
 def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[str]]], np.ndarray, float]:
@@ -188,13 +217,12 @@ def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[
 
 # Statistics come from every 4th pixel in each direction (1/16 of them) of
 # every training image: exact integer sums, so they do not depend on the
-# worker count. They differ from the all-pixel mean/std by under 0.2% (0.15%
-# on the look-alike set at 128 px; tests/test_preprocess.py holds them within
-# 1%), a far smaller shift than any augmentation makes. Vectorised over 512
-# images at a time, read with ``pread`` into the worker's reused buffer (a
-# fresh ``mmap`` of the staging file costs a page fault per 4 KB), with
-# per-channel reductions (a (N, 3) axis-0 sum is 10x slower): ~10 us an
-# image, vs ~50 us for a histogram per image at stride 2.
+# worker count. They differ from the all-pixel mean/std far less than any
+# augmentation shifts them (tests/test_preprocess.py holds them within 1%).
+# Vectorised over 512 images at a time, read with ``pread`` into the
+# worker's reused buffer (a fresh ``mmap`` of the staging file costs a page
+# fault per 4 KB), with per-channel reductions (an (N, 3) axis-0 sum is
+# slower): BENCHMARKS.md "Preprocess: the figures behind its choices".
 STAT_STRIDE = 4
 
 
@@ -207,113 +235,13 @@ def _stats_task(rows: np.ndarray) -> tuple[int, list[int], list[int]]:
     return px[..., 0].size, sums, squares
 
 
-def mean_std(pool: _Pool, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std in [0, 1] of the staged ``rows``, computed by the pool."""
-    chunks = [rows[k: k + 512] for k in range(0, len(rows), 512)]
-    n, s, q = 0, [0, 0, 0], [0, 0, 0]  # Python ints: exact whatever the order
-    for cn, cs, cq in pool.imap_unordered(_stats_task, chunks):
-        n, s, q = n + cn, [a + b for a, b in zip(s, cs)], [a + b for a, b in zip(q, cq)]
-    n = max(n, 1)
-    mean = np.array(s, dtype=np.float64) / (255.0 * n)
-    std = np.sqrt(np.maximum(np.array(q, dtype=np.float64) / (255.0 ** 2 * n) - mean ** 2, 1e-12))
-    return mean, std
-
-
-BUILD = ".simpsons-shards-build"   # where a run writes before its commit
-JOURNAL = ".simpsons-shards-journal.json"  # the files a commit in progress owns
-
-
-def _owned(out: Path) -> tuple[Optional[dict], set[str]]:
-    """(the current manifest or None, names of the shard files this tool wrote in ``out``).
-
-    Raises:
-        UserError: ``out`` holds files named like shards that no manifest or
-            journal of this tool lists (a user's files: never touched).
-    """
-    try:
-        manifest = sf.read_manifest(out)
-    except sf.ShardError:
-        manifest = None
-    owned = {e["file"] for e in manifest["shards"]} if manifest else _listed_by_older_version(out)
-    try:
-        owned |= {n for n in json.loads((out / JOURNAL).read_text(encoding="utf-8"))["files"]
-                  if sf.SHARD_NAME.match(n)}
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    foreign = sorted(p.name for p in out.glob("*.h5")
-                     if (p.name.startswith(("train-", "val-"))) and p.name not in owned)
-    if foreign:
-        raise UserError(f"{out}: holds {len(foreign)} file(s) named like shards that this tool did not write "
-                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them away "
-                        f"or pass an empty --out")
-    return manifest, owned
-
-
-def _older_manifest(out: Path) -> Optional[dict]:
-    """The manifest in ``out`` when an older version of this tool wrote it (its shards are ours to replace)."""
-    try:
-        old = json.loads((out / sf.MANIFEST).read_text(encoding="utf-8"))
-        if isinstance(old, dict) and isinstance(old.get("format_version"), int) \
-                and old["format_version"] < sf.FORMAT_VERSION and isinstance(old.get("shards"), list):
-            return old
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _listed_by_older_version(out: Path) -> set[str]:
-    old = _older_manifest(out) or {"shards": []}
-    return {str(e.get("file")) for e in old["shards"] if isinstance(e, dict) and sf.SHARD_NAME.match(str(e.get("file")))}
-
-
-def _clean_leftovers(out: Path) -> None:
-    """Remove what a killed run of this tool left: its build folder and temporary files."""
-    build = out / BUILD
-    if build.is_dir():
-        logger.info("removing %s left by an interrupted run", build)
-        shutil.rmtree(build, ignore_errors=True)
-    for tmp in [out / (sf.MANIFEST + ".tmp"), *out.glob(".staging-*.u8"), *out.glob("train-*.h5.tmp"),
-                *out.glob("val-*.h5.tmp")]:
-        tmp.unlink(missing_ok=True)
-
-
-def _stale_reason(out: Path, manifest: Optional[dict], fingerprint: str, options: dict) -> Optional[str]:
-    """Why the set in ``out`` must be (re)built, or None when it is up to date and intact."""
-    if manifest is None:
-        older = _older_manifest(out)
-        if older is None:
-            return "no complete set"
-        manifest = {"split_rule": older.get("split_rule", 1)}
-    if manifest.get("split_rule") != SPLIT_RULE:
-        return (f"the split rule changed (rule {manifest.get('split_rule', 1)} -> {SPLIT_RULE}: near-duplicates "
-                f"kept on one side, each image placed by its own content)")
-    if manifest.get("fingerprint") != fingerprint:
-        return "the images changed"
-    if manifest.get("options") != options:
-        return "the options changed"
-    try:
-        sf.check_set(out, manifest)
-    except sf.ShardError as exc:
-        return str(exc).split(";")[0]
-    return None
-
-
-def _commit(out: Path, build: Path, manifest: dict, owned: set[str]) -> None:
-    """Move the built shards into ``out``, drop the old ones, write the manifest last.
-
-    The journal names every file involved before anything moves, so a crash
-    in these few renames leaves files the next run knows as its own.
-    """
-    new = [e["file"] for e in manifest["shards"]]
-    with disk_errors(out / JOURNAL):
-        (out / JOURNAL).write_text(json.dumps({"files": sorted(set(new) | owned)}), encoding="utf-8")
-    (out / sf.MANIFEST).unlink(missing_ok=True)
-    for name in new:
-        os.replace(build / name, out / name)
-    for name in sorted(owned - set(new)):
-        (out / name).unlink(missing_ok=True)
-    sf.write_manifest(out, manifest)
-    (out / JOURNAL).unlink(missing_ok=True)
+def _shard_task(task: tuple) -> tuple[str, int]:
+    """Gather one shard's rows from the staging file and write it: (sha256, bytes)."""
+    path, rows, labels, paths, hashes, phashes, attrs = task
+    cfg = _worker["cfg"]
+    digest = sf.write_shard(path, _gather(_worker["fd"], rows, cfg.size), labels, paths, hashes, attrs,
+                            cfg.compression, phashes=phashes)
+    return digest, path.stat().st_size
 
 
 class _Pool:
@@ -339,17 +267,6 @@ class _Pool:
             os.close(_worker.pop("fd"))
 
 
-def decode_run(size: int) -> int:
-    """Images per decode task: 32, or up to 128 small ones (a run of about 1.5 MB).
-
-    A task's hash call has a fixed cost of about 150 us in the workers,
-    4.7 us an image in runs of 32 at 64 px, where the hash is the largest
-    share of a decode (BENCHMARKS.md "Near-duplicates"); larger runs of
-    small images amortise it, and one message per run keeps IPC small.
-    """
-    return max(32, min(128, 1_500_000 // (size * size * 3)))
-
-
 def _decode_all(items: Items, pool: _Pool, progress: bool, size: int):
     n = len(items.names)
     hashes = [""] * n
@@ -368,168 +285,60 @@ def _decode_all(items: Items, pool: _Pool, progress: bool, size: int):
     return hashes, reasons, phashes, phash_s
 
 
-def _write_task(task: tuple) -> tuple[str, int]:
-    """Gather one shard's rows from the staging file and write it: (sha256, bytes)."""
-    path, rows, labels, paths, hashes, phashes, attrs = task
-    cfg = _worker["cfg"]
-    digest = sf.write_shard(path, _gather(_worker["fd"], rows, cfg.size), labels, paths, hashes, attrs,
-                            cfg.compression, phashes=phashes)
-    return digest, path.stat().st_size
+def mean_std(pool: _Pool, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std in [0, 1] of the staged ``rows``, computed by the pool."""
+    chunks = [rows[k: k + 512] for k in range(0, len(rows), 512)]
+    n, s, q = 0, [0, 0, 0], [0, 0, 0]  # Python ints: exact whatever the order
+    for cn, cs, cq in pool.imap_unordered(_stats_task, chunks):
+        n, s, q = n + cn, [a + b for a, b in zip(s, cs)], [a + b for a, b in zip(q, cq)]
+    n = max(n, 1)
+    mean = np.array(s, dtype=np.float64) / (255.0 * n)
+    std = np.sqrt(np.maximum(np.array(q, dtype=np.float64) / (255.0 ** 2 * n) - mean ** 2, 1e-12))
+    return mean, std
 
 
-def _buffer(n: int, size: int) -> np.ndarray:
-    """This process's reused (n, size, size, 3) buffer, grown when too small.
-
-    One per process serves every phase (decode runs, statistics, shard
-    gathers). Reusing it matters: filling fresh memory costs a page fault
-    per 4 KB, which made a 64 MB gather 146 ms instead of 6 ms (measured here).
-    """
-    buf = _worker.get("buf")
-    if buf is None or buf.shape[0] < n or buf.shape[1] != size:
-        buf = _worker["buf"] = np.empty((n, size, size, 3), dtype=np.uint8)
-    return buf[:n]
-
-
-def _gather(fd: int, rows: np.ndarray, size: int) -> np.ndarray:
-    """Read staged rows into this process's reused buffer."""
-    out = _buffer(len(rows), size)
-    nbytes = out[0].nbytes if len(rows) else 0
-    for j, r in enumerate(rows):
-        if os.preadv(fd, [memoryview(out[j]).cast("B")], int(r) * nbytes) != nbytes:
-            raise OSError(f"short read from the staging file at row {r}")
-    return out
-
-
-def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Optional[int] = None,
-               force: bool = False, progress: bool = False) -> dict:
-    """Decode ``data_dir`` into a shard set in ``out``.
-
-    Args:
-        data_dir: one sub-folder per class.
-        out: shard folder (created).
-        cfg: size, fit, split and shard options.
-        workers: decode processes (default: every CPU).
-        force: rebuild even when the set is up to date.
-        progress: tqdm bars on stderr.
-
-    Returns:
-        The manifest, with ``up_to_date: True`` when nothing was done, and
-        ``rebuilt_because`` saying why a set that was there was rebuilt.
-
-    Raises:
-        DatasetError: missing folder or no images.
-        UserError: ``out`` is not writable, holds foreign shard-like files,
-            or another preprocess is writing there.
-        DiskFullError: no space left on device (the previous set is kept).
-    """
-    t0 = time.perf_counter()
-    _check_out(out)  # before discovery, which can take a while on a large folder
-    disc = discover(Path(data_dir))
-    return _write(Items.from_discovery(disc), Path(out), cfg, disc.fingerprint(), str(Path(data_dir).resolve()),
-                  workers, force, progress, t0)
+def split_report(items: Items, keep: np.ndarray, groups, split, class_counts: dict,
+                 cfg: PreprocessConfig) -> dict:
+    """What the manifest says of the split: near-duplicate groups, cross-class groups, fall-backs, shares."""
+    sizes = groups.sizes()
+    labels = np.asarray(items.labels)[keep]
+    multi = np.flatnonzero(sizes > 1)
+    members = {int(g): [] for g in multi}
+    for pos, g in enumerate(groups.labels):
+        if sizes[g] > 1:
+            members[int(g)].append(pos)
+    cross = []
+    for g in multi:
+        classes = sorted({items.classes[labels[p]] for p in members[int(g)]})
+        if len(classes) > 1:
+            cross.append({"classes": classes, "paths": [items.names[keep[p]] for p in members[int(g)]]})
+    fallbacks = [{"paths": [items.names[keep[p]] for p in pos], "split": where, "why": why}
+                 for pos, where, why in split.fallbacks]
+    deviation = []
+    for c, name in enumerate(items.classes):
+        n = class_counts["train"][c] + class_counts["val"][c]
+        if n:
+            share = class_counts["val"][c] / n
+            deviation.append({"class": name, "images": n, "val_share": round(share, 4),
+                              "deviation": round(share - cfg.val_frac, 4)})
+    deviation.sort(key=lambda d: (-abs(d["deviation"]), d["class"]))
+    total = sum(class_counts["train"]) + sum(class_counts["val"])
+    return {
+        "rule": SPLIT_RULE,
+        "near_dup": cfg.near_dup,
+        "groups": int(len(multi)),
+        "images_in_groups": int(sizes[multi].sum()),
+        "largest_group": int(sizes.max()) if len(sizes) else 0,
+        "cross_class_groups": cross,
+        "fallbacks": fallbacks,
+        "val_share": round(sum(class_counts["val"]) / max(total, 1), 4),
+        "class_val_share_deviation": deviation[:5],
+    }
 
 
-def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: PreprocessConfig = PreprocessConfig(),
-              *, workers: Optional[int] = None, force: bool = False, progress: bool = False) -> dict:
-    """Build a shard set from any iterable of samples, exactly as ``preprocess`` does from folders.
-
-    The same decode (size, fit, minimum side, bomb guard), SHA-256 dedup,
-    near-duplicate groups, split by content, shard format, manifest, ownership and atomic commit:
-    ``preprocess`` is this function fed from a class-folder tree.
-
-    Args:
-        samples: ``(image, label)`` or ``(image, label, name)`` tuples. An
-            image is a file path, the bytes of an encoded file, or an
-            (H, W, 3) uint8 RGB array; a label is a class index or name; a
-            name is what the shards and skip lists record (default: the
-            path, or ``sample-000042``).
-        class_names: label -> class name.
-        out: the shard folder (created).
-        cfg: size, fit, split and shard options.
-        workers: decode processes (default: every CPU).
-        force: rebuild even when an identical set is there.
-        progress: tqdm bars on stderr.
-
-    Returns:
-        The manifest, with ``up_to_date`` as :func:`preprocess` gives it.
-
-    Raises:
-        DatasetError: no samples, or a label outside the classes.
-        UserError, DiskFullError: as :func:`preprocess`.
-    """
-    t0 = time.perf_counter()
-    items = Items.from_samples(samples, list(class_names))
-    return _write(items, Path(out), cfg, items.fingerprint(), "python samples", workers, force, progress, t0)
-
-
-def _check_out(out: Path) -> None:
-    expect_folder(out, "--out, the shard folder", "pass --out with a folder (new, or one preprocess wrote)")
-
-
-def _write(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str, source: str,
-           workers: Optional[int], force: bool, progress: bool, t0: float) -> dict:
-    """The commit protocol around :func:`_build`: lock, leftovers, ownership, up-to-date test."""
-    options = to_dict(cfg)
-    _check_out(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write shards there ({exc.strerror}); pass --out with a writable "
-                        f"folder") from None
-    with FolderLock(out, "preprocess"):
-        _clean_leftovers(out)
-        old, owned = _owned(out)
-        reason = "--force" if force else _stale_reason(out, old, fingerprint, options)
-        if reason is None:
-            return {**old, "up_to_date": True}
-        rebuilding = old is not None or _older_manifest(out) is not None
-        if rebuilding:
-            logger.warning("%s: rebuilding the shard set (%s)", out, reason)
-        build = out / BUILD
-        build.mkdir()
-        try:
-            manifest = _build(items, cfg, build, workers, progress, t0)
-            manifest.update(fingerprint=fingerprint, options=options, source=source)
-            _commit(out, build, manifest, owned)
-        finally:
-            shutil.rmtree(build, ignore_errors=True)
-    logger.info("preprocess: %d samples -> %s in %.1f s", len(items.names), out, manifest["timings"]["total_s"])
-    return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None}
-
-
-def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[int], progress: bool,
-           t0: float) -> dict:
-    """Decode, split and write every shard into ``build``: the manifest to commit."""
-    workers = max(1, workers or cpu_count())
-    staging = build / "staging.u8"
-    timings = {"discover_s": time.perf_counter() - t0}
-    with disk_errors(staging), open(staging, "wb") as fh:
-        fh.truncate(len(items.names) * cfg.size * cfg.size * 3)  # sparse until written; never in RAM
-    pool = None
-    try:
-        pool = _Pool(workers, (cfg, str(staging), str(items.root)))
-        t1 = time.perf_counter()
-        with disk_errors(staging):
-            hashes, reasons, phashes, timings["phash_cpu_s"] = _decode_all(items, pool, progress, cfg.size)
-        timings["decode_s"] = time.perf_counter() - t1
-        t2 = time.perf_counter()
-        manifest = _write_set(items, cfg, build, pool, hashes, reasons, phashes, progress, timings)
-    finally:
-        if pool is not None:
-            pool.close()
-        staging.unlink(missing_ok=True)
-    timings["write_s"] = time.perf_counter() - t2
-    timings["total_s"] = time.perf_counter() - t0
-    timings["images_per_s"] = len(items.names) / timings["total_s"]
-    manifest.update(timings=timings, workers=workers, environment=environment(with_torch=False))
-    return manifest
-
-
-def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons, phashes,
-               progress: bool, timings: dict) -> dict:
+def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons, phashes,
+                     progress: bool, timings: dict) -> dict:
+    """Dedup, group, split, take the statistics and write every shard into ``out``: the manifest."""
     labels_all = np.array(items.labels, dtype=np.int64)
     skipped = [{"path": rel, "reason": why} for rel, why in items.skipped]
     skipped += [{"path": items.names[i], "reason": r} for i, r in enumerate(reasons) if r]
@@ -575,7 +384,7 @@ def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hash
                          "class_counts": np.bincount(labels_all[rows], minlength=num_classes).tolist()})
     # Shards are written in parallel, one per worker: gather, h5py write and
     # SHA-256 each take about a third of a shard's time.
-    written = tqdm(pool.imap(_write_task, tasks), total=len(tasks), desc="write shards", unit="shard",
+    written = tqdm(pool.imap(_shard_task, tasks), total=len(tasks), desc="write shards", unit="shard",
                    disable=not progress)
     t = time.perf_counter()
     entries = [{**m, "sha256": digest, "bytes": nbytes} for m, (digest, nbytes) in zip(meta, written)]
@@ -601,40 +410,144 @@ def _write_set(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hash
     }
 
 
-def split_report(items: Items, keep: np.ndarray, groups, split, class_counts: dict,
-                 cfg: PreprocessConfig) -> dict:
-    """What the manifest says of the split: near-duplicate groups, cross-class groups, fall-backs, shares."""
-    sizes = groups.sizes()
-    labels = np.asarray(items.labels)[keep]
-    multi = np.flatnonzero(sizes > 1)
-    members = {int(g): [] for g in multi}
-    for pos, g in enumerate(groups.labels):
-        if sizes[g] > 1:
-            members[int(g)].append(pos)
-    cross = []
-    for g in multi:
-        classes = sorted({items.classes[labels[p]] for p in members[int(g)]})
-        if len(classes) > 1:
-            cross.append({"classes": classes, "paths": [items.names[keep[p]] for p in members[int(g)]]})
-    fallbacks = [{"paths": [items.names[keep[p]] for p in pos], "split": where, "why": why}
-                 for pos, where, why in split.fallbacks]
-    deviation = []
-    for c, name in enumerate(items.classes):
-        n = class_counts["train"][c] + class_counts["val"][c]
-        if n:
-            share = class_counts["val"][c] / n
-            deviation.append({"class": name, "images": n, "val_share": round(share, 4),
-                              "deviation": round(share - cfg.val_frac, 4)})
-    deviation.sort(key=lambda d: (-abs(d["deviation"]), d["class"]))
-    total = sum(class_counts["train"]) + sum(class_counts["val"])
-    return {
-        "rule": SPLIT_RULE,
-        "near_dup": cfg.near_dup,
-        "groups": int(len(multi)),
-        "images_in_groups": int(sizes[multi].sum()),
-        "largest_group": int(sizes.max()) if len(sizes) else 0,
-        "cross_class_groups": cross,
-        "fallbacks": fallbacks,
-        "val_share": round(sum(class_counts["val"]) / max(total, 1), 4),
-        "class_val_share_deviation": deviation[:5],
-    }
+def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[int], progress: bool,
+           t0: float) -> dict:
+    """Decode, split and write every shard into ``build``: the manifest to commit."""
+    workers = max(1, workers or cpu_count())
+    staging = build / "staging.u8"
+    timings = {"discover_s": time.perf_counter() - t0}
+    with disk_errors(staging), open(staging, "wb") as fh:
+        fh.truncate(len(items.names) * cfg.size * cfg.size * 3)  # sparse until written; never in RAM
+    pool = None
+    try:
+        pool = _Pool(workers, (cfg, str(staging), str(items.root)))
+        t1 = time.perf_counter()
+        with disk_errors(staging):
+            hashes, reasons, phashes, timings["phash_cpu_s"] = _decode_all(items, pool, progress, cfg.size)
+        timings["decode_s"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        manifest = _split_and_write(items, cfg, build, pool, hashes, reasons, phashes, progress, timings)
+    finally:
+        if pool is not None:
+            pool.close()
+        staging.unlink(missing_ok=True)
+    timings["write_s"] = time.perf_counter() - t2
+    timings["total_s"] = time.perf_counter() - t0
+    timings["images_per_s"] = len(items.names) / timings["total_s"]
+    manifest.update(timings=timings, workers=workers, environment=environment(with_torch=False))
+    return manifest
+
+
+def _stale_reason(out: Path, manifest: Optional[dict], fingerprint: str, options: dict) -> Optional[str]:
+    """Why the set in ``out`` must be (re)built, or None when it is up to date and intact."""
+    if manifest is None:
+        older = older_manifest(out)
+        if older is None:
+            return "no complete set"
+        manifest = {"split_rule": older.get("split_rule", 1)}
+    if manifest.get("split_rule") != SPLIT_RULE:
+        return (f"the split rule changed (rule {manifest.get('split_rule', 1)} -> {SPLIT_RULE}: near-duplicates "
+                f"kept on one side, each image placed by its own content)")
+    if manifest.get("fingerprint") != fingerprint:
+        return "the images changed"
+    if manifest.get("options") != options:
+        return "the options changed"
+    try:
+        sf.check_set(out, manifest)
+    except sf.ShardError as exc:
+        return str(exc).split(";")[0]
+    return None
+
+
+def _check_out(out: Path) -> None:
+    expect_folder(out, "--out, the shard folder", "pass --out with a folder (new, or one preprocess wrote)")
+
+
+def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str, source: str,
+                workers: Optional[int], force: bool, progress: bool, t0: float) -> dict:
+    """Bring the set in ``out`` up to date: the up-to-date test, then :func:`_build` inside a
+    :class:`~pipeline.shard_commit.SetUpdate` (lock, leftovers, ownership, commit)."""
+    options = to_dict(cfg)
+    _check_out(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write shards there ({exc.strerror}); pass --out with a writable "
+                        f"folder") from None
+    with SetUpdate(out) as update:   # lock, a killed build's leftovers removed, ownership checked
+        reason = "--force" if force else _stale_reason(out, update.manifest, fingerprint, options)
+        if reason is None:
+            return {**update.manifest, "up_to_date": True}
+        rebuilding = update.replaces_a_set
+        if rebuilding:
+            logger.warning("%s: rebuilding the shard set (%s)", out, reason)
+        manifest = _build(items, cfg, update.start(), workers, progress, t0)
+        manifest.update(fingerprint=fingerprint, options=options, source=source)
+        update.commit(manifest)
+    logger.info("preprocess: %d samples -> %s in %.1f s", len(items.names), out, manifest["timings"]["total_s"])
+    return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None}
+
+
+def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Optional[int] = None,
+               force: bool = False, progress: bool = False) -> dict:
+    """Decode ``data_dir`` into a shard set in ``out``.
+
+    Args:
+        data_dir: one sub-folder per class.
+        out: shard folder (created).
+        cfg: size, fit, split and shard options.
+        workers: decode processes (default: every CPU).
+        force: rebuild even when the set is up to date.
+        progress: tqdm bars on stderr.
+
+    Returns:
+        The manifest, with ``up_to_date: True`` when nothing was done, and
+        ``rebuilt_because`` saying why a set that was there was rebuilt.
+
+    Raises:
+        DatasetError: missing folder or no images.
+        UserError: ``out`` is not writable, holds foreign shard-like files,
+            or another preprocess is writing there.
+        DiskFullError: no space left on device (the previous set is kept).
+    """
+    t0 = time.perf_counter()
+    _check_out(out)  # before discovery, which can take a while on a large folder
+    disc = discover(Path(data_dir))
+    return _update_set(Items.from_discovery(disc), Path(out), cfg, disc.fingerprint(), str(Path(data_dir).resolve()),
+                  workers, force, progress, t0)
+
+
+def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: PreprocessConfig = PreprocessConfig(),
+              *, workers: Optional[int] = None, force: bool = False, progress: bool = False) -> dict:
+    """Build a shard set from any iterable of samples, exactly as ``preprocess`` does from folders.
+
+    The same decode (size, fit, minimum side, bomb guard), SHA-256 dedup,
+    near-duplicate groups, split by content, shard format, manifest, ownership and atomic commit:
+    ``preprocess`` is this function fed from a class-folder tree.
+
+    Args:
+        samples: ``(image, label)`` or ``(image, label, name)`` tuples. An
+            image is a file path, the bytes of an encoded file, or an
+            (H, W, 3) uint8 RGB array; a label is a class index or name; a
+            name is what the shards and skip lists record (default: the
+            path, or ``sample-000042``).
+        class_names: label -> class name.
+        out: the shard folder (created).
+        cfg: size, fit, split and shard options.
+        workers: decode processes (default: every CPU).
+        force: rebuild even when an identical set is there.
+        progress: tqdm bars on stderr.
+
+    Returns:
+        The manifest, with ``up_to_date`` as :func:`preprocess` gives it.
+
+    Raises:
+        DatasetError: no samples, or a label outside the classes.
+        UserError, DiskFullError: as :func:`preprocess`.
+    """
+    t0 = time.perf_counter()
+    items = Items.from_samples(samples, list(class_names))
+    return _update_set(items, Path(out), cfg, items.fingerprint(), "python samples", workers, force, progress, t0)

@@ -36,8 +36,9 @@ def amp_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
 
     CUDA: bf16 where the GPU runs it natively (Ampere and later; V100 and T4
     only emulate it, slower than fp16), else fp16 + GradScaler.
-    CPU: bf16 when the CPU runs it natively (measured 2.2x fp32 for BART at
-    64 px on an AVX512-BF16 EPYC), else a warning and fp32.
+    CPU: bf16 when the CPU runs it natively (AVX512-BF16 or AMX: faster than
+    fp32, BENCHMARKS.md "CPU training: dtype and memory format"), else a
+    warning and fp32.
     """
     if not amp:
         return None

@@ -21,19 +21,13 @@ strings are fixed-length bytes, lists are JSON text.
 Why contiguous and uncompressed: a batch read is then one ``memcpy``-speed
 slice, and the pixel block sits at a fixed file offset, so a reader can map
 it with ``numpy.memmap`` and gather a shuffled batch in one call with no
-HDF5 chunk lookups. Measured here (h5py 3.16 / HDF5 2.0, 2-core EPYC, 1,024
-images of 128 px, batches of 64 from the page cache):
+HDF5 chunk lookups. Against chunked and compressed layouts (BENCHMARKS.md
+"Shard layout"), a contiguous block read through a memory map is the
+fastest by far for slices and for shuffled gathers, and h5py's own fancy
+indexing is too slow for shuffled batches.
 
-    layout                    slice read    sorted fancy index    file
-    contiguous (chosen)       418k img/s    5.7k img/s            50.3 MB
-    chunked, 1 image/chunk    159k img/s    0.25k img/s           50.4 MB
-    chunked + lzf             6.3k img/s    0.22k img/s           42.4 MB
-    chunked + gzip            3.5k img/s    0.24k img/s           33.0 MB
-    memmap of the contiguous block, random (unsorted) gather: 185k img/s
-
-Compression saves a sixth to a third of the disk and costs 65-120x the
-read speed, and h5py fancy indexing is far too slow for shuffled batches;
-hence the map. ``compression`` (gzip/lzf) is still available for archiving;
+Compression saves a sixth to a third of the disk and costs most of the
+read speed; hence the map. ``compression`` (gzip/lzf) is still available for archiving;
 such shards are read whole through h5py instead of the map.
 
 Writes are atomic: a shard is written under a temporary name and renamed;
@@ -246,8 +240,8 @@ def check_set(root: Path, manifest: Optional[dict] = None, checksums: bool = Tru
     The manifest parses and has this format version, every shard it lists
     is present with its recorded size, and (``checksums``) every shard's
     SHA-256 matches. The hashes run on a thread per core (hashlib releases
-    the GIL): 49 ms for the real sample at 128 px (98 MB in the page cache,
-    2 cores), 0.1% of BART's first epoch there (47 s; BENCHMARKS.md). Labels are checked
+    the GIL), so the check is a small part of the first epoch it guards
+    (BENCHMARKS.md "The shard-set check before use"). Labels are checked
     when a split is opened (:func:`open_split`).
 
     Returns:

@@ -90,7 +90,9 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
     mcfg = replace(plan.model, num_classes=len(classes), image_size=size)
     check_image_size(size)
     plan = replace(plan, model=mcfg)
-    ckpt = None if resume is None else checkpoint if checkpoint is not None else load_checkpoint(resume, for_resume=True)
+    ckpt = None
+    if resume is not None:
+        ckpt = checkpoint if checkpoint is not None else load_checkpoint(resume, for_resume=True)
     ctx = dd.setup(resolve_device(plan.run.device))  # checks the device before joining any process group
     try:
         if ckpt is not None:
@@ -123,7 +125,7 @@ def build_model(plan: TrainPlan, ctx: dd.DistContext) -> nn.Module:
         if device.type != "cuda":
             raise TrainingError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # channels-last: faster convolutions on CPU and CUDA (BENCHMARKS.md "Training step")
+    # channels-last: faster convolutions on CPU and CUDA (BENCHMARKS.md "CPU training: dtype and memory format")
     return model.to(device, memory_format=torch.channels_last)
 
 
@@ -364,7 +366,7 @@ class Trainer:
                    disable=not self.progress)
         step = first
         with steploop.sync_debug(self.sync_debug if dev.type == "cuda" else None):
-            for x, yb in loader:   # normalised and augmented on the device by the loader's transform
+            for x, yb in loader.timed():   # normalised and augmented on the device by the loader's transform
                 set_lr(self.optimizer, o, epoch * self.steps + step, o.epochs * self.steps)
                 loss, logits, applied = self.prec.step(self.fwd, self.optimizer, x, yb, o.label_smoothing)
                 if self.ema is not None:

@@ -31,6 +31,7 @@ from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
 from pipeline.errors import FolderLock
 from pipeline.preprocess import preprocess
+from pipeline.shard_commit import BUILD
 from pipeline.optim import lr_at
 from pipeline.train import TrainingError, TrainPlan, train
 from tests.conftest import make_class_tree, make_easy_set
@@ -489,7 +490,7 @@ def test_a_killed_runs_leftovers_are_removed_by_the_next_run(tmp_path):
     root = make_class_tree(tmp_path / "data", {"a": 4, "b": 4})
     out = tmp_path / "out"
     preprocess(root, out, PreprocessConfig(size=16), workers=1)
-    build = out / pp.BUILD  # what kill -9 in the middle of a run leaves behind
+    build = out / BUILD  # what kill -9 in the middle of a run leaves behind
     build.mkdir()
     with open(build / "staging.u8", "wb") as fh:
         fh.truncate(150 << 20)
