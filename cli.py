@@ -166,6 +166,9 @@ def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, com
         return
     if m.get("rebuilt_because"):
         click.echo(f"{out}: rebuilt the shard set ({m['rebuilt_because']})")
+    w = m.get("work")
+    if w:
+        click.echo(f"{w['decoded']} decoded, {w['reused']} reused, {w['removed']} removed")
     t = m["timings"]
     click.echo(f"{out}: {m['counts']['train']} train / {m['counts']['val']} val images at {size}x{size} "
                f"in {sum(1 for _ in m['shards'])} shards")
@@ -450,6 +453,10 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     click.echo(f"   project / notebooks'          {p['ratio']:9.2f}x")
     click.echo(f"   decode limit / notebooks'     {p['limit_ratio']:9.2f}x")
     click.echo(f"   project / decode limit        {100 * p['project_vs_limit']:9.1f}%")
+    click.echo(f"   main process CPU per image    {p['main_cpu_us_per_image']:9.0f} us")
+    for cores, c in p["ceilings"].items():
+        click.echo(f"   on {cores:>2} cores: decode limit {c['decode_limit']:,.0f} img/s, main process caps at "
+                   f"{c['main_process_cap']:,.0f} img/s ({c['bound_by']}-bound)")
     ld = r["loading"]
     rates = ld["images_per_s"]
     click.echo("\n2. one epoch of loading           images/s")

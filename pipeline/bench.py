@@ -166,6 +166,7 @@ def _run_measured(conn, kind: str, root: str, out: str, size: int, workers: int)
     from .preprocess import preprocess
 
     t = time.perf_counter()
+    cpu = time.process_time()   # this process's CPU seconds: the main process's share of the work
     if kind in ("notebook", "decode_limit"):
         disc = discover(Path(root))
         files = [Path(root) / rel for rel, _ in disc.files]
@@ -174,9 +175,10 @@ def _run_measured(conn, kind: str, root: str, out: str, size: int, workers: int)
         m = preprocess(Path(root), Path(out), PreprocessConfig(size=size), workers=workers, force=True)
         n = m["counts"]["train"] + m["counts"]["val"]
     dt = time.perf_counter() - t
+    main_cpu = time.process_time() - cpu
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     child_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    conn.send((n, dt, self_kb, child_kb))
+    conn.send((n, dt, self_kb, child_kb, main_cpu))
 
 
 def _measure_process(kind: str, root: Path, out: Path, size: int, workers: int) -> dict:
@@ -184,10 +186,11 @@ def _measure_process(kind: str, root: Path, out: Path, size: int, workers: int) 
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_run_measured, args=(send, kind, str(root), str(out), size, workers))
     proc.start()
-    n, dt, self_kb, child_kb = recv.recv()
+    n, dt, self_kb, child_kb, main_cpu = recv.recv()
     proc.join()
     peak_mb = (self_kb + (workers * child_kb if kind != "notebook" else 0)) / 1024
-    return {"images": n, "seconds": dt, "images_per_s": n / dt, "peak_mb": peak_mb}
+    return {"images": n, "seconds": dt, "images_per_s": n / dt, "peak_mb": peak_mb,
+            "main_cpu_us_per_image": 1e6 * main_cpu / max(n, 1)}
 
 
 def bench_preprocess(root: Path, files: list[Path], shards: Path, cfg: BenchConfig) -> dict:
@@ -196,10 +199,17 @@ def bench_preprocess(root: Path, files: list[Path], shards: Path, cfg: BenchConf
     ours = _measure_process("project", root, shards, cfg.size, cfg.workers)
     base = _measure_process("notebook", root, shards, cfg.size, cfg.workers)
     limit = _measure_process("decode_limit", root, shards, cfg.size, cfg.workers)
+    # What more cores would give: the decode limit grows with the workers, the main process's
+    # work per image does not (it runs on one core), so it caps the stage at 1 / (its CPU per image).
+    per_core = limit["images_per_s"] / cfg.workers
+    main_cap = 1e6 / max(ours["main_cpu_us_per_image"], 1e-9)
+    ceilings = {str(c): {"decode_limit": per_core * c, "main_process_cap": main_cap,
+                         "bound_by": "decode" if per_core * c < main_cap else "main process"} for c in (16, 64)}
     return {"project": ours, "notebook_loop": base, "decode_limit": limit,
             "ratio": ours["images_per_s"] / base["images_per_s"],
             "limit_ratio": limit["images_per_s"] / base["images_per_s"],
-            "project_vs_limit": ours["images_per_s"] / limit["images_per_s"]}
+            "project_vs_limit": ours["images_per_s"] / limit["images_per_s"],
+            "main_cpu_us_per_image": ours["main_cpu_us_per_image"], "ceilings": ceilings}
 
 
 # --- stage 2: one epoch of loading ---------------------------------------------------------------

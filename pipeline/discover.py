@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -87,12 +88,12 @@ def _kind(entry: os.DirEntry) -> tuple[str, Optional[tuple[int, int]]]:
     except UnicodeEncodeError:
         return "file name is not valid UTF-8 (rename it)", None
     try:
-        st = os.stat(entry.path)
+        st = os.stat(entry.path)   # one stat, following links: what a reader of the path would get
     except OSError as exc:
         if entry.is_symlink():
             return ("symbolic link loop" if exc.errno == 40 else "broken symbolic link"), None
         return f"unreadable: {exc.strerror}", None
-    if os.path.isdir(entry.path):
+    if stat.S_ISDIR(st.st_mode):
         return "dir", None
     return "file", (st.st_size, st.st_mtime_ns)
 
@@ -131,7 +132,7 @@ def discover(root: Path) -> Discovery:
                 skipped.append((rel, "folder inside a class folder"))
             elif k != "file":
                 skipped.append((rel, k))
-            elif Path(c.name).suffix.lower() not in IMAGE_EXTENSIONS:
+            elif os.path.splitext(c.name)[1].lower() not in IMAGE_EXTENSIONS:
                 skipped.append((rel, "not an image (extension)"))
             else:
                 names.append((rel, st))

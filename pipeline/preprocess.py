@@ -14,8 +14,8 @@ Flow (memory stays bounded by one shard buffer, whatever the dataset size):
    one side, placed by its own content (:mod:`pipeline.split`), so no shot
    straddles train and val and a growing folder moves nothing into val.
    The class-interleaved shard plan is a pure function of (split, labels,
-   seed). The pool then takes the training split's mean/std from the
-   staging file (:func:`mean_std`).
+   seed). The training split's mean/std is summed from the per-row sums
+   the workers took (:func:`mean_std`).
 4. Shards are gathered from the staging file with ``pread`` and written
    into the build folder, then committed (:mod:`pipeline.shard_commit`:
    the previous set stays whole until the commit; preprocess deletes or
@@ -24,7 +24,10 @@ Flow (memory stays bounded by one shard buffer, whatever the dataset size):
 A second run with the same inputs and options finds the manifest's
 fingerprint and options equal and the set intact (sizes and checksums,
 :func:`shard_format.check_set`), and does nothing; a set that fails the
-check is rebuilt, and the reason is returned.
+check is rebuilt, and the reason is returned. Any other run decodes only
+what no row holds yet (:mod:`pipeline.reuse`: the committed set's rows and
+an interrupted build's, found by the SHA-256 of the file's bytes) and
+writes what a build from scratch would, byte for byte.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from .discover import DatasetError, Discovery, discover
 from .errors import UserError, disk_errors, expect_folder
 from .env import cpu_count, environment
 from .neardup import dhash, group
+from .reuse import JOURNAL, ReuseIndex, RowJournal, drop_resume, keep_for_resume, pixel_options, resume_pairs, row_crc
 from .shard_commit import SetUpdate, older_manifest
 from .split import SPLIT_RULE, content_split, shard_plan
 
@@ -118,8 +122,8 @@ class Items:
 _worker: dict = {}  # per-process state of the pool: config, staging fd, root
 
 
-def _init_worker(cfg: PreprocessConfig, staging: str, root: str) -> None:
-    _worker.update(cfg=cfg, fd=os.open(staging, os.O_RDWR), root=root)
+def _init_worker(cfg: PreprocessConfig, staging: str, root: str, reuse: Optional[ReuseIndex] = None) -> None:
+    _worker.update(cfg=cfg, fd=os.open(staging, os.O_RDWR), root=root, reuse=reuse)
 
 
 def _buffer(n: int, size: int) -> np.ndarray:
@@ -175,29 +179,39 @@ def decode_run(size: int) -> int:
     return max(32, min(128, 1_500_000 // (size * size * 3)))
 
 
-def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[str]]], np.ndarray, float]:
-    """Read, hash, decode and stage a run of consecutive samples.
+def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[str]]], np.ndarray, float,
+                                                 list[int], int]:
+    """Read, hash, decode (or find decoded before) and stage a run of consecutive samples.
 
     The run's pixels go to the staging file in one ``pwrite`` (rows start..
     start+k are adjacent there), and one message per run crosses back to
     the main process, so IPC stays small against the decodes (BENCHMARKS.md
     "Preprocess"). A failed sample's row is left zero; it is never read.
 
+    A file whose bytes hash to a row decoded before (:mod:`pipeline.reuse`:
+    the committed set's, or an interrupted build's) is not decoded again:
+    its row is read back.
+
     Returns:
         (start, [(sha256, reason)], perceptual hashes of the stored pixels,
-        seconds spent on those hashes).
+        seconds spent on those hashes, CRC-32 of each row for the journal,
+        rows read back instead of decoded, each row's pixel sums).
     """
     start, sources = task
-    cfg = _worker["cfg"]
+    cfg, reuse = _worker["cfg"], _worker.get("reuse")
     buf = _buffer(len(sources), cfg.size)
-    out = []
+    out, known = [], {}   # known: position in the run -> perceptual hash of a row read back
     for j, source in enumerate(sources):
         digest, reason = "", None
         try:
             data, pixels = _read(source)
             digest = hashlib.sha256(data).hexdigest()
-            buf[j] = (decode_bytes(data, cfg.size, cfg.fit, cfg.min_side) if pixels is None
-                      else decode_image(Image.fromarray(pixels, "RGB"), cfg.size, cfg.fit, cfg.min_side))
+            phash = reuse.fetch(digest, buf[j]) if reuse is not None else None
+            if phash is not None:
+                known[j] = phash
+            else:
+                buf[j] = (decode_bytes(data, cfg.size, cfg.fit, cfg.min_side) if pixels is None
+                          else decode_image(Image.fromarray(pixels, "RGB"), cfg.size, cfg.fit, cfg.min_side))
         except OSError as exc:
             reason = f"unreadable: {exc.strerror}"
         except DecodeError as exc:  # every decoder failure, bugs on hostile files included
@@ -208,31 +222,38 @@ def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[
             buf[j] = 0
         out.append((digest, reason))
     t = time.perf_counter()
-    phash = dhash(buf)
+    phash = np.zeros(len(sources), dtype=np.uint64)
+    fresh = [j for j in range(len(sources)) if j not in known]
+    if fresh:
+        phash[fresh] = dhash(buf if len(fresh) == len(sources) else buf[fresh])
+    if known:
+        phash[list(known)] = list(known.values())
     phash_s = time.perf_counter() - t
+    crcs = [row_crc(buf[j]) if not reason else 0 for j, (_, reason) in enumerate(out)]
+    stats = _row_stats(buf)
     if os.pwrite(_worker["fd"], buf, start * buf[0].nbytes) != buf.nbytes:  # buffer protocol: no copy
         raise OSError(errno.ENOSPC, "short write to the staging file")  # a regular file: the disk is full
-    return start, out, phash, phash_s
+    return start, out, phash, phash_s, crcs, len(known), stats
 
 
 # Statistics come from every 4th pixel in each direction (1/16 of them) of
 # every training image: exact integer sums, so they do not depend on the
 # worker count. They differ from the all-pixel mean/std far less than any
 # augmentation shifts them (tests/test_preprocess.py holds them within 1%).
-# Vectorised over 512 images at a time, read with ``pread`` into the
-# worker's reused buffer (a fresh ``mmap`` of the staging file costs a page
-# fault per 4 KB), with per-channel reductions (an (N, 3) axis-0 sum is
-# slower): BENCHMARKS.md "Preprocess: the figures behind its choices".
+# The decode workers sum each run's rows while its pixels are in cache
+# (:func:`_row_stats`), so the training split's mean/std is a sum of those
+# rows' sums, not a second pass over the staged pixels (BENCHMARKS.md
+# "Preprocess: the figures behind its choices").
 STAT_STRIDE = 4
 
 
-def _stats_task(rows: np.ndarray) -> tuple[int, list[int], list[int]]:
-    """Pixel count, per-channel sums and sums of squares of staged rows (every STAT_STRIDE-th pixel)."""
-    px = _gather(_worker["fd"], rows, _worker["cfg"].size)[:, ::STAT_STRIDE, ::STAT_STRIDE]
-    sq = np.square(px, dtype=np.uint16)  # 255**2 fits in 16 bits
-    sums = [int(px[..., c].sum(dtype=np.uint64)) for c in range(3)]
-    squares = [int(sq[..., c].sum(dtype=np.uint64)) for c in range(3)]
-    return px[..., 0].size, sums, squares
+def _row_stats(buf: np.ndarray) -> np.ndarray:
+    """(N, 6) uint64: per row, the per-channel sums and sums of squares of every STAT_STRIDE-th pixel."""
+    px = buf[:, ::STAT_STRIDE, ::STAT_STRIDE].reshape(len(buf), -1, 3)
+    out = np.empty((len(buf), 6), dtype=np.uint64)
+    out[:, :3] = px.sum(axis=1, dtype=np.uint64)
+    out[:, 3:] = np.square(px, dtype=np.uint16).sum(axis=1, dtype=np.uint64)  # 255**2 fits in 16 bits
+    return out
 
 
 def _shard_task(task: tuple) -> tuple[str, int]:
@@ -265,33 +286,46 @@ class _Pool:
         else:
             _worker.pop("buf", None)
             os.close(_worker.pop("fd"))
+            reuse = _worker.pop("reuse", None)
+            if reuse is not None:
+                reuse.close()
 
 
-def _decode_all(items: Items, pool: _Pool, progress: bool, size: int):
+def _decode_all(items: Items, pool: _Pool, progress: bool, size: int, journal: RowJournal):
+    """Every sample through the pool: (SHA-256s, skip reasons, perceptual hashes, hash seconds, rows reused,
+    per-row pixel sums for the statistics).
+
+    Each run's rows are journaled once the worker has staged them, so an
+    interrupted build can continue from them (:mod:`pipeline.reuse`).
+    """
     n = len(items.names)
     hashes = [""] * n
     reasons: list[Optional[str]] = [None] * n
     phashes = np.zeros(n, dtype=np.uint64)
-    phash_s = 0.0
+    stats = np.zeros((n, 6), dtype=np.uint64)
+    phash_s, reused = 0.0, 0
     run = decode_run(size)
     tasks = [(k, items.sources[k: k + run]) for k in range(0, n, run)]
     with tqdm(total=n, desc="decode+resize", unit="img", disable=not progress, smoothing=0.05) as bar:
-        for start, results, ph, secs in pool.imap_unordered(_decode_task, tasks):
+        for start, results, ph, secs, crcs, k, st in pool.imap_unordered(_decode_task, tasks):
             for j, (digest, reason) in enumerate(results):
                 hashes[start + j], reasons[start + j] = digest, reason
             phashes[start: start + len(ph)] = ph
+            stats[start: start + len(st)] = st
             phash_s += secs
+            reused += k
+            journal.record(start, [d for d, _ in results], [r for _, r in results], crcs, ph)
             bar.update(len(results))
-    return hashes, reasons, phashes, phash_s
+    return hashes, reasons, phashes, phash_s, reused, stats
 
 
-def mean_std(pool: _Pool, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std in [0, 1] of the staged ``rows``, computed by the pool."""
-    chunks = [rows[k: k + 512] for k in range(0, len(rows), 512)]
-    n, s, q = 0, [0, 0, 0], [0, 0, 0]  # Python ints: exact whatever the order
-    for cn, cs, cq in pool.imap_unordered(_stats_task, chunks):
-        n, s, q = n + cn, [a + b for a, b in zip(s, cs)], [a + b for a, b in zip(q, cq)]
-    n = max(n, 1)
+def mean_std(stats: np.ndarray, rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std in [0, 1] of ``rows``, from their pixel sums (:func:`_row_stats`)."""
+    per_row = len(range(0, size, STAT_STRIDE)) ** 2
+    picked = stats[rows]
+    s = [int(x) for x in picked[:, :3].sum(axis=0, dtype=np.uint64)]   # exact: far below 2**64
+    q = [int(x) for x in picked[:, 3:].sum(axis=0, dtype=np.uint64)]
+    n = max(per_row * len(rows), 1)
     mean = np.array(s, dtype=np.float64) / (255.0 * n)
     std = np.sqrt(np.maximum(np.array(q, dtype=np.float64) / (255.0 ** 2 * n) - mean ** 2, 1e-12))
     return mean, std
@@ -337,7 +371,7 @@ def split_report(items: Items, keep: np.ndarray, groups, split, class_counts: di
 
 
 def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons, phashes,
-                     progress: bool, timings: dict) -> dict:
+                     stats: np.ndarray, progress: bool, timings: dict) -> dict:
     """Dedup, group, split, take the statistics and write every shard into ``out``: the manifest."""
     labels_all = np.array(items.labels, dtype=np.int64)
     skipped = [{"path": rel, "reason": why} for rel, why in items.skipped]
@@ -366,7 +400,7 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
     splits = {"train": keep[split.train], "val": keep[split.val]}
     t = time.perf_counter()
     timings["split_s"] = t - t0 - timings["group_s"]
-    mean, std = mean_std(pool, np.sort(splits["train"]))  # sorted: sequential reads of the staging file
+    mean, std = mean_std(stats, np.sort(splits["train"]), cfg.size)
     timings["stats_s"] = time.perf_counter() - t
     per_shard = max(1, int(cfg.shard_mb * 1_000_000) // (cfg.size * cfg.size * 3))
     class_counts = {s: np.bincount(labels_all[idx], minlength=num_classes).tolist() for s, idx in splits.items()}
@@ -411,31 +445,42 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
 
 
 def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[int], progress: bool,
-           t0: float) -> dict:
-    """Decode, split and write every shard into ``build``: the manifest to commit."""
+           t0: float, reuse: Optional[ReuseIndex] = None) -> tuple[dict, dict]:
+    """Decode (or reuse), split and write every shard into ``build``: (the manifest to commit, the work done).
+
+    The staging file and the row journal stay in ``build`` when this fails:
+    the caller keeps them for the next run (:func:`pipeline.reuse.keep_for_resume`).
+    """
     workers = max(1, workers or cpu_count())
     staging = build / "staging.u8"
+    row_bytes = cfg.size * cfg.size * 3
     timings = {"discover_s": time.perf_counter() - t0}
     with disk_errors(staging), open(staging, "wb") as fh:
-        fh.truncate(len(items.names) * cfg.size * cfg.size * 3)  # sparse until written; never in RAM
+        fh.truncate(len(items.names) * row_bytes)  # sparse until written; never in RAM
     pool = None
+    with disk_errors(build / JOURNAL):
+        journal = RowJournal(build / JOURNAL, to_dict(cfg), row_bytes)
     try:
-        pool = _Pool(workers, (cfg, str(staging), str(items.root)))
+        pool = _Pool(workers, (cfg, str(staging), str(items.root), reuse if reuse else None))
         t1 = time.perf_counter()
         with disk_errors(staging):
-            hashes, reasons, phashes, timings["phash_cpu_s"] = _decode_all(items, pool, progress, cfg.size)
+            hashes, reasons, phashes, timings["phash_cpu_s"], reused, stats = _decode_all(items, pool, progress,
+                                                                                          cfg.size, journal)
         timings["decode_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        manifest = _split_and_write(items, cfg, build, pool, hashes, reasons, phashes, progress, timings)
+        manifest = _split_and_write(items, cfg, build, pool, hashes, reasons, phashes, stats, progress, timings)
     finally:
+        journal.close()
         if pool is not None:
             pool.close()
-        staging.unlink(missing_ok=True)
     timings["write_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     timings["images_per_s"] = len(items.names) / timings["total_s"]
     manifest.update(timings=timings, workers=workers, environment=environment(with_torch=False))
-    return manifest
+    ok = sum(1 for r in reasons if not r)
+    work = {"decoded": ok - reused, "reused": reused,
+            "removed": len(reuse.set_digests - set(hashes)) if reuse is not None else 0}
+    return manifest, work
 
 
 def _stale_reason(out: Path, manifest: Optional[dict], fingerprint: str, options: dict) -> Optional[str]:
@@ -477,18 +522,40 @@ def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str
     except OSError as exc:
         raise UserError(f"{out}: cannot write shards there ({exc.strerror}); pass --out with a writable "
                         f"folder") from None
-    with SetUpdate(out) as update:   # lock, a killed build's leftovers removed, ownership checked
+    # lock; what a killed build staged kept for reuse, its other leftovers removed; ownership checked
+    with SetUpdate(out, salvage=keep_for_resume) as update:
         reason = "--force" if force else _stale_reason(out, update.manifest, fingerprint, options)
         if reason is None:
+            drop_resume(out)
             return {**update.manifest, "up_to_date": True}
         rebuilding = update.replaces_a_set
         if rebuilding:
             logger.warning("%s: rebuilding the shard set (%s)", out, reason)
-        manifest = _build(items, cfg, update.start(), workers, progress, t0)
+        reuse = None if force else _reuse_index(out, update.manifest, options, cfg)
+        manifest, work = _build(items, cfg, update.start(), workers, progress, t0, reuse)
         manifest.update(fingerprint=fingerprint, options=options, source=source)
         update.commit(manifest)
-    logger.info("preprocess: %d samples -> %s in %.1f s", len(items.names), out, manifest["timings"]["total_s"])
-    return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None}
+        drop_resume(out)
+    logger.info("preprocess: %d samples -> %s in %.1f s (%d decoded, %d reused, %d removed)", len(items.names),
+                out, manifest["timings"]["total_s"], work["decoded"], work["reused"], work["removed"])
+    return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None, "work": work}
+
+
+def _reuse_index(out: Path, manifest: Optional[dict], options: dict, cfg: PreprocessConfig) -> ReuseIndex:
+    """Rows this build need not decode: the committed set's (once its SHA-256s check) and those of
+    interrupted builds, all with the same pixel options."""
+    reuse = ReuseIndex(cfg.size * cfg.size * 3)
+    if manifest is not None and pixel_options(manifest["options"]) == pixel_options(options):
+        try:
+            sf.check_set(out, manifest)
+            reuse.add_set(out, manifest, options)
+        except sf.ShardError as exc:
+            logger.warning("%s: not reusing the current shards (%s)", out, str(exc).split(";")[0])
+    for staging, journal in resume_pairs(out):
+        n = reuse.add_resume(staging, journal, options)
+        if n:
+            logger.info("%s: continuing from %d rows an interrupted build staged", out, n)
+    return reuse
 
 
 def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Optional[int] = None,
@@ -504,8 +571,9 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
         progress: tqdm bars on stderr.
 
     Returns:
-        The manifest, with ``up_to_date: True`` when nothing was done, and
-        ``rebuilt_because`` saying why a set that was there was rebuilt.
+        The manifest, with ``up_to_date: True`` when nothing was done,
+        ``rebuilt_because`` saying why a set that was there was rebuilt, and
+        ``work``: ``{"decoded", "reused", "removed"}`` image counts.
 
     Raises:
         DatasetError: missing folder or no images.
@@ -527,6 +595,11 @@ def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: Pre
     The same decode (size, fit, minimum side, bomb guard), SHA-256 dedup,
     near-duplicate groups, split by content, shard format, manifest, ownership and atomic commit:
     ``preprocess`` is this function fed from a class-folder tree.
+
+    Writing into a set again grows (or shrinks) it: samples whose bytes
+    (the file's, the encoded image's, or an array's shape and pixels) the
+    set already holds are read back, not decoded, and the result is the set
+    a build of all the samples from scratch would write.
 
     Args:
         samples: ``(image, label)`` or ``(image, label, name)`` tuples. An

@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from . import shard_format as sf
 from .errors import FolderLock, UserError, disk_errors
@@ -97,22 +97,28 @@ class SetUpdate:
     current set; the shard files this tool owns there). :attr:`build` is the
     folder the new shards go to; :meth:`commit` puts them in place. Leaving
     removes the build folder (committed or not) and lets the lock go.
+    ``salvage(build, out)``, when given, is called first with the build
+    folder of a killed or failed build, to keep what it can still give.
 
     Raises:
         BusyError: another build holds the lock.
         UserError: foreign shard-like files in ``out``.
     """
 
-    def __init__(self, out: Path, what: str = "preprocess") -> None:
+    def __init__(self, out: Path, what: str = "preprocess",
+                 salvage: Optional[Callable[[Path, Path], object]] = None) -> None:
         self.out = Path(out)
         self.build = self.out / BUILD
         self.lock = FolderLock(self.out, what)
+        self.salvage = salvage
         self.manifest: Optional[dict] = None
         self.owned: set[str] = set()
 
     def __enter__(self) -> "SetUpdate":
         self.lock.__enter__()
         try:
+            if self.salvage is not None and self.build.is_dir():   # a killed build's: keep what it can give
+                self.salvage(self.build, self.out)
             clean_leftovers(self.out)
             self.manifest, self.owned = owned_files(self.out)
         except BaseException:
@@ -149,6 +155,8 @@ class SetUpdate:
 
     def __exit__(self, *exc) -> None:
         try:
+            if exc[0] is not None and self.salvage is not None and self.build.is_dir():
+                self.salvage(self.build, self.out)   # a failed or interrupted build: keep its work
             shutil.rmtree(self.build, ignore_errors=True)
         finally:
             self.lock.__exit__(*exc)

@@ -22,6 +22,13 @@ def test_quick_bench_runs_every_stage_and_writes_json(lookalike, tmp_path):
     # the decode limit decodes what the loop decodes (minus nothing: same files, same decoder errors)
     assert pre["decode_limit"]["images"] == pre["notebook_loop"]["images"]
     assert abs(pre["limit_ratio"] - pre["decode_limit"]["images_per_s"] / pre["notebook_loop"]["images_per_s"]) < 1e-9
+    # the main process's CPU per image, and what it caps on more cores (the decode limit scales, it does not)
+    assert 0 < pre["main_cpu_us_per_image"] == pre["project"]["main_cpu_us_per_image"]
+    c16, c64 = pre["ceilings"]["16"], pre["ceilings"]["64"]
+    assert abs(c64["decode_limit"] - 4 * c16["decode_limit"]) < 1e-6
+    assert c16["main_process_cap"] == c64["main_process_cap"]
+    assert abs(c16["main_process_cap"] - 1e6 / pre["main_cpu_us_per_image"]) < 1e-6
+    assert "main process CPU per image" in r.output and "on 64 cores" in r.output
     rates = data["loading"]["images_per_s"]
     assert set(rates) >= {"project_dataloader", "project_resident", "notebook_loader", "decode_every_epoch",
                           "memory_limit_gather"}

@@ -41,7 +41,8 @@ def test_dhash_bits_are_left_brighter_than_right():
     assert dhash(img).dtype == np.uint64
 
 
-@pytest.mark.parametrize("h,w", [(48, 48), (50, 45), (64, 64), (128, 96), (9, 12), (2064, 10)])
+@pytest.mark.parametrize("h,w", [(48, 48), (50, 45), (64, 64), (128, 96), (9, 12),
+                                 (2064, 10)])   # 2064: over 257 rows a band, the int32 path
 def test_dhash_is_exact_integer_arithmetic(h, w):
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (5, h, w, 3), dtype=np.uint8)

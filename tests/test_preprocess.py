@@ -13,6 +13,7 @@ from pipeline import shard_format as sf
 from pipeline.config import PreprocessConfig
 from pipeline.decode import RESAMPLE
 from pipeline.preprocess import preprocess
+from pipeline.reuse import RESUME_PREFIX
 from tests.conftest import make_class_tree
 
 
@@ -131,11 +132,14 @@ def test_a_failed_rebuild_keeps_the_previous_set_whole(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated"):
         preprocess(root, out, PreprocessConfig(size=16, shard_mb=1, val_frac=0.5), workers=1, force=True)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    assert after == before  # manifest and shards byte-identical; no temporary or staging file
-    assert not [p for p in out.iterdir() if p.is_dir()]
+    kept = {n for n in after if n.startswith(RESUME_PREFIX)}   # the decoded rows, kept for the next run
+    assert kept == {RESUME_PREFIX + "0.u8", RESUME_PREFIX + "0.journal"}
+    assert {n: b for n, b in after.items() if n not in kept} == before  # manifest and shards byte-identical
+    assert not [p for p in out.iterdir() if p.is_dir()]               # no build folder, no other temporary
     assert sf.verify(out) == []
     monkeypatch.setattr(sf, "write_shard", real)
     assert preprocess(root, out, PreprocessConfig(size=16), workers=1)["up_to_date"] is True
+    assert not list(out.glob(RESUME_PREFIX + "*"))                     # an up-to-date set needs none
     m = preprocess(root, out, PreprocessConfig(size=16, shard_mb=1, val_frac=0.5), workers=1)
     assert m["up_to_date"] is False and sf.verify(out) == []
 

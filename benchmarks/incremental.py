@@ -1,0 +1,105 @@
+"""What an incremental build costs against one from scratch, on a folder grown by a few percent.
+
+    python benchmarks/incremental.py --data-dir ../shared/data/simpsons-real-80 --size 64 --grow 0.05 --rounds 3
+
+Each round copies the folder without every ``1/grow``-th file of each class
+(a fresh copy, so no round reads another's), builds it, adds the held-back
+files and times the incremental build; then times a build of the whole
+folder from scratch into another folder, and checks that both hold the same
+shards byte for byte and the same manifest apart from its timings. Prints
+both times, their ratio, what the incremental build decoded and reused,
+and the scratch build's time outside its decode phase: the floor of any
+build that writes the same shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.config import PreprocessConfig  # noqa: E402
+from pipeline.preprocess import preprocess  # noqa: E402
+
+VARYING = ("timings", "environment", "workers")
+
+
+def _sha_of(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()
+
+
+def hash_pass(data: Path, workers: int) -> float:
+    """Seconds to read and SHA-256 every file on ``workers`` processes: what any build that lets the
+    bytes decide pays before it can reuse a row."""
+    import multiprocessing as mp
+
+    files = [str(p) for p in sorted(data.rglob("*")) if p.is_file()]
+    t = time.perf_counter()
+    with mp.get_context("fork").Pool(workers) as pool:
+        list(pool.imap_unordered(_sha_of, files, chunksize=64))
+    return time.perf_counter() - t
+
+
+def same_set(a: Path, b: Path) -> bool:
+    def digest(root: Path) -> tuple[dict, dict]:
+        files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.glob("*.h5"))}
+        m = {k: v for k, v in json.loads((root / "manifest.json").read_text()).items() if k not in VARYING}
+        return files, m
+    return digest(a) == digest(b)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--grow", type=float, default=0.05)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    every = round(1 / args.grow)
+    cfg = PreprocessConfig(size=args.size)
+    ratios = []
+    for r in range(args.rounds):
+        with tempfile.TemporaryDirectory(prefix="incremental-") as tmp:
+            data, held = Path(tmp) / "data", []
+            for cls in sorted(p for p in args.data_dir.iterdir() if p.is_dir()):
+                for k, f in enumerate(sorted(p for p in cls.iterdir() if p.is_file())):
+                    (data / cls.name).mkdir(parents=True, exist_ok=True)
+                    if k % every == every - 1:
+                        held.append((f, data / cls.name / f.name))
+                    else:
+                        shutil.copyfile(f, data / cls.name / f.name)
+            preprocess(data, Path(tmp) / "grown", cfg, workers=args.workers)
+            for src, dst in held:
+                shutil.copyfile(src, dst)
+            t = time.perf_counter()
+            m = preprocess(data, Path(tmp) / "grown", cfg, workers=args.workers)
+            incremental = time.perf_counter() - t
+            t = time.perf_counter()
+            ms = preprocess(data, Path(tmp) / "scratch", cfg, workers=args.workers)
+            scratch = time.perf_counter() - t
+            # what a build pays however few images it decodes, measured in this scratch run:
+            # discovery, grouping, split, statistics, rewriting every shard, the commit
+            floor = scratch - ms["timings"]["decode_s"]
+            hashing = hash_pass(data, args.workers)
+            same = same_set(Path(tmp) / "grown", Path(tmp) / "scratch")
+            ratios.append(incremental / scratch)
+            print(f"round {r + 1}: {len(held)} files added to {m['files_found'] - len(held)}; incremental "
+                  f"{incremental:.2f} s ({m['work']['decoded']} decoded, {m['work']['reused']} reused; "
+                  f"decode {m['timings']['decode_s']:.2f} s, write {m['timings']['write_s']:.2f} s), from scratch "
+                  f"{scratch:.2f} s: {incremental / scratch:.1%} (a build without its decode phase: {floor:.2f} s, "
+                  f"{floor / scratch:.1%}; reading and hashing every file: {hashing:.2f} s, {hashing / scratch:.1%}; "
+                  f"together {(floor + hashing) / scratch:.1%}); same shards and manifest: {same}", flush=True)
+    print(f"median incremental / scratch: {statistics.median(ratios):.1%}")
+
+
+if __name__ == "__main__":
+    main()
