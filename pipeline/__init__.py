@@ -20,6 +20,7 @@ Stages, one module each:
     split         train/val split by content (whole groups) and class-interleaved shard plan
     shard_format  the HDF5 shard format: write, open, check, verify (owner module)
     shard_commit  a set folder's ownership and commit protocol (lock, leftovers, journal, atomic commit)
+    reuse         rows decoded before (the committed set's, an interrupted build's): incremental, resumed builds
     preprocess    the whole preprocess stage (parallel, streaming), and write_set
     dataset       the per-sample Dataset, and the per-process shard maps both datasets read
     sampler       the epoch plan: seeded order, class balance, ranks
