@@ -37,6 +37,7 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,13 @@ _worker: dict = {}  # per-process state of the pool: config, staging fd, root
 
 def _init_worker(cfg: PreprocessConfig, staging: str, root: str, reuse: Optional[ReuseIndex] = None) -> None:
     _worker.update(cfg=cfg, fd=os.open(staging, os.O_RDWR), root=root, reuse=reuse)
+
+
+def _init_pool_worker(*init) -> None:
+    """A pool process: Ctrl-C reaches the whole process group, and the main process alone answers it
+    (it stops the pool and keeps the decoded rows), so a worker prints no traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _init_worker(*init)
 
 
 def _buffer(n: int, size: int) -> np.ndarray:
@@ -269,7 +277,7 @@ class _Pool:
     """A fork pool over the decode and write tasks, or the same calls in-process for one worker."""
 
     def __init__(self, workers: int, init: tuple) -> None:
-        self.pool = mp.get_context("fork").Pool(workers, _init_worker, init) if workers > 1 else None
+        self.pool = mp.get_context("fork").Pool(workers, _init_pool_worker, init) if workers > 1 else None
         if self.pool is None:
             _init_worker(*init)
 
@@ -532,13 +540,28 @@ def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str
         if rebuilding:
             logger.warning("%s: rebuilding the shard set (%s)", out, reason)
         reuse = None if force else _reuse_index(out, update.manifest, options, cfg)
-        manifest, work = _build(items, cfg, update.start(), workers, progress, t0, reuse)
+        try:
+            manifest, work = _build(items, cfg, update.start(), workers, progress, t0, reuse)
+        except BaseException:   # Ctrl-C, a full disk, a bug: the set is untouched, the decoded rows kept
+            if _journaled(update.build / JOURNAL):
+                logger.warning("%s: the images decoded so far are kept; preprocess into it again continues "
+                               "from them", out)
+            raise
         manifest.update(fingerprint=fingerprint, options=options, source=source)
         update.commit(manifest)
         drop_resume(out)
     logger.info("preprocess: %d samples -> %s in %.1f s (%d decoded, %d reused, %d removed)", len(items.names),
                 out, manifest["timings"]["total_s"], work["decoded"], work["reused"], work["removed"])
     return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None, "work": work}
+
+
+def _journaled(journal: Path) -> bool:
+    """Whether a build's row journal names at least one row."""
+    try:
+        with open(journal, "rb") as fh:
+            return fh.read(1 << 16).count(b"\n") >= 2
+    except OSError:
+        return False
 
 
 def _reuse_index(out: Path, manifest: Optional[dict], options: dict, cfg: PreprocessConfig) -> ReuseIndex:
@@ -554,7 +577,7 @@ def _reuse_index(out: Path, manifest: Optional[dict], options: dict, cfg: Prepro
     for staging, journal in resume_pairs(out):
         n = reuse.add_resume(staging, journal, options)
         if n:
-            logger.info("%s: continuing from %d rows an interrupted build staged", out, n)
+            logger.warning("%s: continuing from the %d rows an interrupted build had decoded", out, n)
     return reuse
 
 

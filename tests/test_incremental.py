@@ -172,3 +172,49 @@ def test_cli_reports_decoded_reused_removed(tmp_path):
     r = CliRunner().invoke(cli.main, args)
     assert r.exit_code == 0, r.output
     assert "0 decoded, 7 reused, 6 removed" in r.output
+
+
+def test_a_failed_build_keeps_its_rows_and_says_so(tmp_path, monkeypatch, caplog):
+    from pipeline import shard_format as sf_mod
+
+    data = scenes_tree(tmp_path / "data", classes=("a", "b"), per_class=10)
+    out = tmp_path / "shards"
+
+    def broken(*args, **kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(sf_mod, "write_shard", broken)
+    with pytest.raises(Exception):
+        preprocess(data, out, PreprocessConfig(size=32), workers=1)
+    assert "the images decoded so far are kept" in caplog.text
+    assert len(list(out.glob(RESUME_PREFIX + "*"))) == 2
+    monkeypatch.undo()
+    again = preprocess(data, out, PreprocessConfig(size=32), workers=1)
+    assert again["work"] == {"decoded": 0, "reused": 20, "removed": 0}
+
+
+def test_ctrl_c_stops_a_parallel_build_with_one_line_and_keeps_its_rows(tmp_path):
+    import time
+
+    data = tmp_path / "data"
+    assert CliRunner().invoke(cli.main, ["synth", "--out", str(data), "--scale", "0.25"]).exit_code == 0
+    out = tmp_path / "shards"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "preprocess", "--data-dir", str(data), "--out",
+                             str(out), "--size", "64", "--workers", "2"], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)   # its own process group, as a terminal's Ctrl-C reaches
+    journal = out / BUILD / JOURNAL
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the build ended before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "ForkPoolWorker" not in err
+    assert "the images decoded so far are kept" in err and err.rstrip().endswith("interrupted")
+    again = CliRunner().invoke(cli.main, ["preprocess", "--data-dir", str(data), "--out", str(out), "--size", "64",
+                                          "--workers", "2"])
+    assert again.exit_code == 0, again.output
+    assert "continuing from the" in again.output or "reused" in again.output
+    assert " 0 reused" not in again.output
