@@ -200,7 +200,10 @@ def test_ctrl_c_stops_a_parallel_build_with_one_line_and_keeps_its_rows(tmp_path
     out = tmp_path / "shards"
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "preprocess", "--data-dir", str(data), "--out",
                              str(out), "--size", "64", "--workers", "2"], stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)   # its own process group, as a terminal's Ctrl-C reaches
+                            start_new_session=True,   # its own process group, as a terminal's Ctrl-C reaches
+                            # as from a terminal: a runner started in the background (CI) ignores SIGINT, and
+                            # an ignored signal stays ignored in every program it starts
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     journal = out / BUILD / JOURNAL
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
