@@ -54,7 +54,8 @@ from .discover import DatasetError, Discovery, discover
 from .errors import UserError, disk_errors, expect_folder
 from .env import cpu_count, environment
 from .neardup import dhash, group
-from .reuse import JOURNAL, ReuseIndex, RowJournal, drop_resume, keep_for_resume, pixel_options, resume_pairs, row_crc
+from .reuse import (JOURNAL, ReuseIndex, RowJournal, drop_resume, journaled, keep_for_resume, pixel_options,
+                    resume_pairs, row_crc)
 from .shard_commit import SetUpdate, older_manifest
 from .split import SPLIT_RULE, content_split, shard_plan
 
@@ -543,7 +544,7 @@ def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str
         try:
             manifest, work = _build(items, cfg, update.start(), workers, progress, t0, reuse)
         except BaseException:   # Ctrl-C, a full disk, a bug: the set is untouched, the decoded rows kept
-            if _journaled(update.build / JOURNAL):
+            if journaled(update.build / JOURNAL):
                 logger.warning("%s: the images decoded so far are kept; preprocess into it again continues "
                                "from them", out)
             raise
@@ -553,15 +554,6 @@ def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str
     logger.info("preprocess: %d samples -> %s in %.1f s (%d decoded, %d reused, %d removed)", len(items.names),
                 out, manifest["timings"]["total_s"], work["decoded"], work["reused"], work["removed"])
     return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None, "work": work}
-
-
-def _journaled(journal: Path) -> bool:
-    """Whether a build's row journal names at least one row."""
-    try:
-        with open(journal, "rb") as fh:
-            return fh.read(1 << 16).count(b"\n") >= 2
-    except OSError:
-        return False
 
 
 def _reuse_index(out: Path, manifest: Optional[dict], options: dict, cfg: PreprocessConfig) -> ReuseIndex:

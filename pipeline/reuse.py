@@ -181,6 +181,15 @@ class ReuseIndex:
         return phash if crc == NO_CRC or row_crc(out) == crc else None
 
 
+def journaled(journal: Path) -> bool:
+    """Whether a build's row journal names at least one row (its header and one line; read no further)."""
+    try:
+        with open(journal, "rb") as fh:
+            return fh.read(1 << 16).count(b"\n") >= 2
+    except OSError:
+        return False
+
+
 def resume_pairs(out: Path) -> list[tuple[Path, Path]]:
     """The (staging, journal) pairs interrupted builds left in ``out``, oldest first."""
     pairs = []
@@ -198,7 +207,7 @@ def keep_for_resume(build: Path, out: Path) -> Optional[Path]:
     """
     staging, journal = build / "staging.u8", build / JOURNAL
     try:
-        if not staging.is_file() or journal.stat().st_size == 0 or len(journal.read_text().splitlines()) < 2:
+        if not staging.is_file() or not journaled(journal):
             return None
         k = len(list(Path(out).glob(RESUME_PREFIX + "*.journal")))
         while (Path(out) / f"{RESUME_PREFIX}{k}.journal").exists():
