@@ -167,6 +167,11 @@ class ShardBatchDataset(Dataset):
         return token if token is not None else out
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One asynchronous copy from pinned memory on CUDA; the tensor itself on CPU."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
 def _as_is(batch):
     """collate_fn that leaves a worker's batch (a tensor, or its ring slot's (worker, slot, n)) untouched."""
     return batch
@@ -255,10 +260,6 @@ class BatchLoader:
         idx = self.sampler.indices()[self.sampler.start_batch * b: len(self.sampler) * b]
         return torch.from_numpy(np.ascontiguousarray(idx))
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        """One asynchronous copy from pinned memory on CUDA; the tensor itself on CPU."""
-        return t.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else t
-
     @property
     def wait_seconds(self) -> float:
         """Seconds the current (or last) :meth:`timed` iteration has waited for its batches: the data
@@ -306,7 +307,7 @@ class BatchLoader:
         # The epoch's labels, and both split into per-batch views in one call
         # each: Python per batch is a visible part of a small batch's gather
         # (BENCHMARKS.md "The 64 px resident gap found and closed").
-        labels = self._to_device(self.labels.index_select(0, idx)).split(b)
+        labels = _to_device(self.labels.index_select(0, idx), self.device).split(b)
         return self.reader.batches(self.sampler.epoch, self.sampler.start_batch, idx, labels)
 
 
@@ -409,7 +410,7 @@ class DeviceReader:
         self.images = torch.from_numpy(split.load_all()).to(device)
 
     def batches(self, epoch: int, skip: int, idx: torch.Tensor, labels) -> Iterator:
-        on_device = idx.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" else idx
+        on_device = _to_device(idx, self.device)
         for i, y in zip(on_device.split(self.batch), labels):
             yield self.images.index_select(0, i), y
 

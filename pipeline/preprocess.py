@@ -54,8 +54,8 @@ from .discover import DatasetError, Discovery, discover
 from .errors import UserError, disk_errors, expect_folder
 from .env import cpu_count, environment
 from .neardup import dhash, group
-from .reuse import (JOURNAL, ReuseIndex, RowJournal, drop_resume, journaled, keep_for_resume, pixel_options,
-                    resume_pairs, row_crc)
+from .reuse import (JOURNAL, STAGING, ReuseIndex, RowJournal, drop_resume, journaled, keep_for_resume,
+                    pixel_options, resume_pairs, row_crc)
 from .shard_commit import SetUpdate, older_manifest
 from .split import SPLIT_RULE, content_split, shard_plan
 
@@ -138,8 +138,7 @@ def _init_pool_worker(*init) -> None:
 def _buffer(n: int, size: int) -> np.ndarray:
     """This process's reused (n, size, size, 3) buffer, grown when too small.
 
-    One per process serves every phase (decode runs, statistics, shard
-    gathers). Reusing it matters: filling fresh memory costs a page fault
+    One per process serves both phases (decode runs, shard gathers). Reusing it matters: filling fresh memory costs a page fault
     per 4 KB, which made a shard's gather twenty times slower (BENCHMARKS.md
     "Preprocess: the figures behind its choices").
     """
@@ -189,7 +188,7 @@ def decode_run(size: int) -> int:
 
 
 def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[str]]], np.ndarray, float,
-                                                 list[int], int]:
+                                                 list[int], int, np.ndarray]:
     """Read, hash, decode (or find decoded before) and stage a run of consecutive samples.
 
     The run's pixels go to the staging file in one ``pwrite`` (rows start..
@@ -215,9 +214,9 @@ def _decode_task(task: tuple[int, list]) -> tuple[int, list[tuple[str, Optional[
         try:
             data, pixels = _read(source)
             digest = hashlib.sha256(data).hexdigest()
-            phash = reuse.fetch(digest, buf[j]) if reuse is not None else None
-            if phash is not None:
-                known[j] = phash
+            stored = reuse.fetch(digest, buf[j]) if reuse is not None else None
+            if stored is not None:
+                known[j] = stored
             else:
                 buf[j] = (decode_bytes(data, cfg.size, cfg.fit, cfg.min_side) if pixels is None
                           else decode_image(Image.fromarray(pixels, "RGB"), cfg.size, cfg.fit, cfg.min_side))
@@ -461,7 +460,7 @@ def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[i
     the caller keeps them for the next run (:func:`pipeline.reuse.keep_for_resume`).
     """
     workers = max(1, workers or cpu_count())
-    staging = build / "staging.u8"
+    staging = build / STAGING
     row_bytes = cfg.size * cfg.size * 3
     timings = {"discover_s": time.perf_counter() - t0}
     with disk_errors(staging), open(staging, "wb") as fh:

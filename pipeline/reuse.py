@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 PIXEL_OPTIONS = ("size", "fit", "min_side")   # the options that decide a stored row (min_side: kept at all)
 JOURNAL = "rows.journal"
+STAGING = "staging.u8"                        # a build's staged rows, in its build folder
 RESUME_PREFIX = ".simpsons-shards-resume-"    # an interrupted build's staging file and journal, kept for the next
 NO_CRC = -1
 
@@ -205,7 +206,7 @@ def keep_for_resume(build: Path, out: Path) -> Optional[Path]:
 
     Returns the kept staging file, or None when the build had journaled nothing.
     """
-    staging, journal = build / "staging.u8", build / JOURNAL
+    staging, journal = build / STAGING, build / JOURNAL
     try:
         if not staging.is_file() or not journaled(journal):
             return None

@@ -31,6 +31,7 @@ from pipeline.checkpoint import CheckpointError, load_checkpoint
 from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
 from pipeline.errors import FolderLock
 from pipeline.preprocess import preprocess
+from pipeline.reuse import STAGING
 from pipeline.shard_commit import BUILD
 from pipeline.optim import lr_at
 from pipeline.train import TrainingError, TrainPlan, train
@@ -492,7 +493,7 @@ def test_a_killed_runs_leftovers_are_removed_by_the_next_run(tmp_path):
     preprocess(root, out, PreprocessConfig(size=16), workers=1)
     build = out / BUILD  # what kill -9 in the middle of a run leaves behind
     build.mkdir()
-    with open(build / "staging.u8", "wb") as fh:
+    with open(build / STAGING, "wb") as fh:
         fh.truncate(150 << 20)
     (build / "train-00000.h5.tmp").write_bytes(b"half a shard")
     (out / ".staging-4242.u8").write_bytes(b"an older layout's staging file")

@@ -16,7 +16,7 @@ import cli
 from pipeline import shard_format as sf
 from pipeline.config import PreprocessConfig
 from pipeline.preprocess import preprocess, write_set
-from pipeline.reuse import JOURNAL, RESUME_PREFIX
+from pipeline.reuse import JOURNAL, RESUME_PREFIX, STAGING
 from pipeline.shard_commit import BUILD
 from tests.test_honest_split import save, scene, scenes_tree
 
@@ -151,7 +151,7 @@ def test_a_torn_or_foreign_journal_is_ignored(tmp_path):
     journal = out / BUILD / JOURNAL
     lines = journal.read_text().splitlines()
     journal.write_text("\n".join(lines[:-1] + [lines[-1][:20]]))   # the last line torn mid-write
-    staging = out / BUILD / "staging.u8"
+    staging = out / BUILD / STAGING
     with open(staging, "r+b") as fh:                                 # and a staged row overwritten
         fh.write(b"\x00" * 100)
     resumed = preprocess(data, out, PreprocessConfig(size=32), workers=1)
