@@ -453,6 +453,12 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     click.echo(f"   project / notebooks'          {p['ratio']:9.2f}x")
     click.echo(f"   decode limit / notebooks'     {p['limit_ratio']:9.2f}x")
     click.echo(f"   project / decode limit        {100 * p['project_vs_limit']:9.1f}%")
+    ph = p["project"]["phases"]
+    click.echo(f"   project's phases: {ph['before_s']:.2f} s before decoding, {ph['decode_s']:.2f} s decoding "
+               f"({p['decode_phase_vs_limit']:.2f}x the decode limit's time), {ph['after_s']:.2f} s after "
+               f"(shards {ph['shards_s']:.2f} s)")
+    click.echo(f"   best reachable / decode limit {100 * p['best_vs_limit']:9.1f}%  (decoding at the limit, "
+               f"the other phases as measured)")
     click.echo(f"   main process CPU per image    {p['main_cpu_us_per_image']:9.0f} us")
     for cores, c in p["ceilings"].items():
         click.echo(f"   on {cores:>2} cores: decode limit {c['decode_limit']:,.0f} img/s, main process caps at "

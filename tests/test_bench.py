@@ -29,6 +29,13 @@ def test_quick_bench_runs_every_stage_and_writes_json(lookalike, tmp_path):
     assert c16["main_process_cap"] == c64["main_process_cap"]
     assert abs(c16["main_process_cap"] - 1e6 / pre["main_cpu_us_per_image"]) < 1e-6
     assert "main process CPU per image" in r.output and "on 64 cores" in r.output
+    # which part of the build costs what, from the same run, and the ratio reachable with decoding at the limit
+    ph = pre["project"]["phases"]
+    assert ph["decode_s"] > 0 and ph["before_s"] > 0 and ph["after_s"] >= ph["shards_s"] > 0
+    assert ph["before_s"] + ph["decode_s"] + ph["after_s"] <= pre["project"]["seconds"] + 1e-6
+    limit_s = pre["project"]["images"] / pre["decode_limit"]["images_per_s"]
+    assert abs(pre["best_vs_limit"] - limit_s / (limit_s + ph["before_s"] + ph["after_s"])) < 1e-9
+    assert 0 < pre["best_vs_limit"] < 1 and "best reachable / decode limit" in r.output
     rates = data["loading"]["images_per_s"]
     assert set(rates) >= {"project_dataloader", "project_resident", "notebook_loader", "decode_every_epoch",
                           "memory_limit_gather"}
