@@ -72,6 +72,7 @@ RANGES = {
     "workers": Range(0, 512, integer=True),
     "processes": Range(1, 512, integer=True),        # preprocess/synth/bench: at least one process
     "prefetch_factor": Range(1, 64, integer=True),
+    "message_batches": Range(0, 1024, integer=True),
     "balance": Range(0.0, 1.0),
     "lr": Range(0.0, 10.0, lo_open=True),
     "weight_decay": Range(0.0, 1.0),
@@ -177,6 +178,9 @@ class LoaderConfig:
         drop_last: training epochs of whole batches only (set by ``--compile``).
         reuse_buffers: CPU batches may share memory with later ones (saves a
             copy; for loops done with a batch before the next, as ``train``).
+        message_batches: batches a streaming worker gathers per task and
+            hands over in one message; 0 sizes it (about 64 MB a message,
+            the workers' ring within 1 GiB and a quarter of free /dev/shm).
     """
 
     batch_size: int = 128
@@ -188,9 +192,11 @@ class LoaderConfig:
     seed: int = 42
     drop_last: bool = False
     reuse_buffers: bool = False
+    message_batches: int = 0
 
     def __post_init__(self) -> None:
         check_range("batch_size", self.batch_size)
+        check_range("message_batches", self.message_batches)
         if self.workers is None:  # one default for the library and the CLI
             from .env import default_workers
 

@@ -5,9 +5,10 @@ resume state; a reader (:data:`READERS`, chosen by the cache mode) only
 turns the epoch's indices into uint8 batches on the device. Hops a batch
 makes from disk to the model:
 
-* streaming (``cache='none'``, :class:`StreamReader`): (1) a DataLoader worker gathers the batch's
-  rows from its memory map of the shard (page cache -> a slot of a
-  shared-memory ring, so handing it to the main process copies nothing).
+* streaming (``cache='none'``, :class:`StreamReader`): (1) a DataLoader worker gathers the rows of
+  several consecutive batches (one message) from its memory map of the
+  shard (page cache -> a slot of a shared-memory ring, so handing it to
+  the main process copies nothing); each batch is a view of that slot.
   On CPU the model reads that slot in place: one copy from disk to model.
   On CUDA (2) the pin-memory thread copies it to pinned memory and (3) one
   ``non_blocking`` DMA puts it on the GPU.
@@ -51,23 +52,65 @@ logger = logging.getLogger(__name__)
 
 
 class _Stream:
-    """The DataLoader's sampler: the batch stream from ``start`` on."""
+    """The DataLoader's sampler: the stream of worker tasks (``per_message`` batches each) from ``start`` on."""
 
-    def __init__(self, sampler: EpochBatchSampler) -> None:
-        self.sampler, self.start, self.skip = sampler, 0, 0
+    def __init__(self, sampler: EpochBatchSampler, per_message: int) -> None:
+        self.sampler, self.start, self.skip, self.per_message = sampler, 0, 0, per_message
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return self.sampler.stream(self.start, self.skip)
+        return self.sampler.stream(self.start, self.skip, self.per_message)
 
 
-# A streaming worker's answer on CPU, (worker, slot, n): its batch is ``shared[worker, slot, :n]``
+# A streaming worker's answer on CPU, (worker, slot, n): its message is ``shared[worker, slot, :n]``
 # of the ring. A plain tuple, not a NamedTuple: it is pickled through the worker's queue once per
-# batch, and a class pickles by name and unpickles by lookup.
+# message, and a class pickles by name and unpickles by lookup.
 RingSlot = tuple[int, int, int]
+
+# A DataLoader message costs the main process and the workers a fixed ~1 ms on 2 cores (queues,
+# pickling, wake-ups): more than gathering a whole 64 px batch. So a streaming worker task gathers
+# several batches, about MESSAGE_BYTES, and hands them over in one message (BENCHMARKS.md "The
+# streaming path: several batches a message"). The workers' ring of such messages is shared memory,
+# which a container may keep small (/dev/shm is 64 MB by default under Docker): it stays within
+# RING_BYTES and a quarter of what /dev/shm has free.
+MESSAGE_BYTES = 64 << 20
+RING_BYTES = 1 << 30
+
+
+def _shm_free() -> int:
+    try:
+        st = os.statvfs("/dev/shm")
+        return st.f_bavail * st.f_frsize
+    except OSError:
+        return RING_BYTES * 4   # no /dev/shm to ask: torch will say so if shared memory fails
+
+
+def message_plan(batch_bytes: int, workers: int, prefetch_factor: int, asked: int = 0,
+                 shm_free: Optional[int] = None) -> tuple[int, int, int]:
+    """(batches per message, messages in flight per worker, ring slots per worker) for the streaming path.
+
+    Args:
+        batch_bytes: one full batch's pixels.
+        workers: streaming worker processes.
+        prefetch_factor: batches in flight per worker (as the DataLoader's option): here as many
+            messages as hold them, at least 2, so one is always ready.
+        asked: batches per message chosen by the caller (0: sized here).
+        shm_free: free bytes of /dev/shm (default: asked of the system).
+    """
+    def ring_of(k: int) -> tuple[int, int]:
+        prefetch = max(2, -(-prefetch_factor // k))
+        return prefetch, prefetch + 2   # + 2: a slot is rewritten only after the batch after it was handed on
+
+    if asked:
+        return (asked,) + ring_of(asked)
+    budget = min(RING_BYTES, (_shm_free() if shm_free is None else shm_free) // 4)
+    k = max(1, min(32, MESSAGE_BYTES // max(batch_bytes, 1)))
+    while k > 1 and workers * ring_of(k)[1] * k * batch_bytes > budget:
+        k -= 1
+    return (k,) + ring_of(k)
 
 
 class ShardBatchDataset(Dataset):
-    """Map-style dataset whose item is a whole batch's images: ``ds[index_array]``.
+    """Map-style dataset whose item is the images of one or more whole batches: ``ds[index_array]``.
 
     Labels do not cross from the workers: the loader slices them from the
     epoch's label tensor, already where the batch goes.
@@ -78,12 +121,12 @@ class ShardBatchDataset(Dataset):
     Python (faster than ``np.take`` into the same buffer: BENCHMARKS.md
     "Against the targets of the issues").
 
-    In a worker, batches go into a ring of ``ring`` slots per worker, so a
-    batch crosses the process boundary with no copy, no page fault and no
-    zeroing of fresh memory:
+    In a worker, items go into a ring of ``ring`` slots per worker, so an
+    item (a message of batches) crosses the process boundary with no copy,
+    no page fault and no zeroing of fresh memory:
 
     * on CPU the ring is one shared-memory tensor ``shared`` (workers, ring,
-      B, H, W, 3) allocated before the workers fork; a worker returns only
+      rows of a message, H, W, 3) allocated before the workers fork; a worker returns only
       a :class:`RingSlot`, and the main process reads the slot in place (a
       fresh shared tensor per batch, as ``default_collate`` makes, held the
       path to a tenth of the rate: BENCHMARKS.md "Against the targets of
@@ -92,10 +135,11 @@ class ShardBatchDataset(Dataset):
       caches its mapping in the main process), which the DataLoader's
       pin-memory thread copies to pinned memory for an async DMA.
 
-    A worker has at most ``prefetch_factor`` batches in flight, so with
-    ``ring = prefetch_factor + 2`` a slot is rewritten only after its batch
-    and the one after it have been handed to the consumer. A consumer that
-    keeps batches longer (a list of batches) must ``clone()`` them.
+    A worker has at most ``prefetch`` messages in flight (the DataLoader's
+    ``prefetch_factor``), so with ``ring = prefetch + 2`` a slot is
+    rewritten only after its batches and the message after it have been
+    handed to the consumer. A consumer that keeps batches longer (a list of
+    batches) must ``clone()`` them.
     """
 
     def __init__(self, split: SplitSet, ring: int = 0, shared: Optional[torch.Tensor] = None) -> None:
@@ -156,7 +200,7 @@ class ShardBatchDataset(Dataset):
         # (A temporary per shard instead, fresh memory each batch, was a third
         # slower: BENCHMARKS.md "Against the targets of the issues".)
         cuts = np.flatnonzero(sid[1:] != sid[:-1]) + 1
-        if len(cuts) < 8:
+        if len(cuts) < max(8, len(idx) // 16):
             self._gather_runs(idx, sid, cuts, out)
         else:
             order = np.argsort(sid, kind="stable")
@@ -195,7 +239,7 @@ class BatchLoader:
 
     Batches are safe to keep. ``cfg.reuse_buffers`` opts in to reusing CPU
     batch memory (in RAM mode the next batch overwrites this one; streaming,
-    ``prefetch_factor + 2`` batches later), which saves a copy or a fresh
+    a worker's ring slot is written again two messages later), which saves a copy or a fresh
     allocation per batch: for a loop that is done with each batch before
     asking for the next, as ``train`` is.
 
@@ -326,19 +370,23 @@ class StreamReader:
         self.device = device
         cuda = device.type == "cuda"
         workers = cfg.workers
-        ring = cfg.prefetch_factor + 2
-        self.shared: Optional[torch.Tensor] = None  # the workers' batch ring on CPU
+        per_message, prefetch, ring = message_plan(cfg.batch_size * split.image_size ** 2 * 3, workers,
+                                                   cfg.prefetch_factor, cfg.message_batches)
+        if workers == 0:
+            per_message = 1
+        self.shared: Optional[torch.Tensor] = None  # the workers' message ring on CPU
         if workers > 0 and not cuda:  # allocated before the fork, so every worker shares it
-            self.shared = torch.empty((workers, ring, cfg.batch_size, split.image_size, split.image_size, 3),
-                                      dtype=torch.uint8).share_memory_()
-        self.recycles = self.shared is not None   # a ring slot is written again ``ring`` batches later
-        self.stream = _Stream(sampler)
+            self.shared = torch.empty((workers, ring, per_message * cfg.batch_size, split.image_size,
+                                       split.image_size, 3), dtype=torch.uint8).share_memory_()
+        self.recycles = self.shared is not None   # a ring slot is written again ``ring`` messages later
+        self.per_message = per_message
+        self.stream = _Stream(sampler, per_message)
         self.it: Optional[Iterator] = None
         self.next_epoch: Optional[int] = None  # the epoch the live iterator is at, if any
         self.loader = DataLoader(
             ShardBatchDataset(split, ring=ring if workers > 0 else 0, shared=self.shared), sampler=self.stream,
             batch_size=None, num_workers=workers, pin_memory=cuda, persistent_workers=workers > 0,
-            prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+            prefetch_factor=prefetch if workers > 0 else None,
             worker_init_fn=_seed_worker if workers > 0 else None, collate_fn=_as_is,
             generator=torch.Generator().manual_seed(cfg.seed),
             multiprocessing_context="fork" if workers > 0 else None,
@@ -350,11 +398,15 @@ class StreamReader:
             self.stream.start, self.stream.skip = epoch, skip
             self.it = iter(self.loader)
         self.next_epoch = None  # until this epoch is read to its end
+        message, pos = None, 0
         for y in labels:
-            x = next(self.it)
-            if isinstance(x, tuple):  # a RingSlot of the shared ring: read in place
-                w, k, n = x
-                x = self.shared[w, k, :n]
+            if message is None or pos == len(message):   # the next worker message: several batches
+                message, pos = next(self.it), 0
+                if isinstance(message, tuple):  # a RingSlot of the shared ring: read in place
+                    w, k, n = message
+                    message = self.shared[w, k, :n]
+            x = message[pos: pos + len(y)]
+            pos += len(y)
             yield (x.to(self.device, non_blocking=True) if cuda else x), y
         self.next_epoch = epoch + 1
 

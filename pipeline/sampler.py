@@ -88,17 +88,19 @@ class EpochBatchSampler(Sampler):
     def __iter__(self) -> Iterator[np.ndarray]:
         return itertools.islice(self.stream(self.epoch, self.start_batch), len(self) - self.start_batch)
 
-    def stream(self, start_epoch: int, skip: int = 0) -> Iterator[np.ndarray]:
+    def stream(self, start_epoch: int, skip: int = 0, per_message: int = 1) -> Iterator[np.ndarray]:
         """Batches of epoch ``start_epoch`` from batch ``skip`` on, then of the next epochs, endlessly.
 
         One DataLoader iteration over this stream serves every epoch, so the
-        workers never drain and refill at an epoch boundary.
+        workers never drain and refill at an epoch boundary. With
+        ``per_message`` > 1, each item is the indices of that many
+        consecutive batches of one epoch (fewer at its end): one worker task.
         """
-        epoch = start_epoch
+        epoch, step = start_epoch, self.batch_size * per_message
         while True:
             idx = self.indices(epoch)[: len(self) * self.batch_size]
-            for start in range(skip * self.batch_size, len(idx), self.batch_size):
-                yield idx[start: start + self.batch_size]
+            for start in range(skip * self.batch_size, len(idx), step):
+                yield idx[start: start + step]
             epoch, skip = epoch + 1, 0
 
     def __len__(self) -> int:

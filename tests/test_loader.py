@@ -163,3 +163,50 @@ def test_one_stream_serves_consecutive_epochs_and_jumps(easy_shards):
     next(iter(loader))  # abandoned mid-epoch: the next epoch must not continue from there
     got = _batches(loader, 5)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(got, fresh(5)))
+
+
+@pytest.mark.parametrize("message_batches,balance", [(3, 0.0), (4, 1.0), (1, 0.0)])
+def test_several_batches_a_message_give_the_planned_batches_across_epochs_and_resumes(easy_shards,
+                                                                                      message_batches, balance):
+    # batches of 5 in messages of 3 or 4: an epoch of this split ends mid-message, a resume at batch 4
+    # starts mid-message, and consecutive epochs share one worker stream
+    split = sf.open_split(easy_shards, "train")
+    images = split.load_all()
+    cfg = LoaderConfig(batch_size=5, workers=2, cache="none", seed=4, balance=balance,
+                       message_batches=message_batches)
+    loader = create_loader(split, cfg, device=torch.device("cpu"), train=True)
+    assert loader.reader.per_message == message_batches
+    assert message_batches == 1 or len(loader) % message_batches != 0
+    for epoch, start in ((0, 0), (1, 0), (2, 4), (3, 0), (3, len(loader) - 1)):
+        loader.set_epoch(epoch, start)
+        idx = loader.sampler.indices(epoch)
+        got = [(x.clone(), y.clone()) for x, y in loader]
+        assert len(got) == len(loader) - start
+        for k, (x, y) in enumerate(got, start):
+            want = idx[k * 5: (k + 1) * 5]
+            assert np.array_equal(x.numpy(), images[want]) and np.array_equal(y.numpy(), split.labels[want])
+    state = loader.state_dict()
+    assert state["epoch"] == 3 and state["batch"] == len(loader)
+    loader.close()
+
+
+def test_the_message_plan_fits_its_shared_memory():
+    from pipeline.loader import RING_BYTES, message_plan
+
+    mb = 1 << 20
+    # 64 px batches of 128 (1.5 MB): 32 a message (the cap), 2 messages in flight, a ring of 4
+    k, prefetch, ring = message_plan(128 * 64 * 64 * 3, workers=2, prefetch_factor=4, shm_free=64 << 30)
+    assert (k, prefetch, ring) == (32, 2, 4)
+    # a small /dev/shm (Docker's 64 MB) gets a ring within a quarter of it, however many batches that leaves
+    for workers, free in ((2, 64 * mb), (16, 8 << 30), (2, 1 * mb)):
+        k, prefetch, ring = message_plan(128 * 64 * 64 * 3, workers=workers, prefetch_factor=4, shm_free=free)
+        assert k >= 1 and ring == prefetch + 2
+        assert k == 1 or workers * ring * k * 128 * 64 * 64 * 3 <= min(RING_BYTES, free // 4)
+    assert message_plan(128 * 64 * 64 * 3, workers=2, prefetch_factor=4, shm_free=64 * mb)[0] == 1
+    # prefetch_factor counts batches: as many messages as hold them, at least 2
+    assert message_plan(100, workers=2, prefetch_factor=40, asked=8) == (8, 5, 7)
+    assert message_plan(100, workers=2, prefetch_factor=1, asked=8) == (8, 2, 4)
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match="message_batches"):
+        LoaderConfig(message_batches=-1)
