@@ -179,7 +179,7 @@ class LoaderConfig:
         reuse_buffers: CPU batches may share memory with later ones (saves a
             copy; for loops done with a batch before the next, as ``train``).
         message_batches: batches a streaming worker gathers per task and
-            hands over in one message; 0 sizes it (about 64 MB a message,
+            hands over in one message; 0 sizes it (about 32 MB a message,
             the workers' ring within 1 GiB and a quarter of free /dev/shm).
     """
 

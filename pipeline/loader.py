@@ -72,7 +72,7 @@ RingSlot = tuple[int, int, int]
 # streaming path: several batches a message"). The workers' ring of such messages is shared memory,
 # which a container may keep small (/dev/shm is 64 MB by default under Docker): it stays within
 # RING_BYTES and a quarter of what /dev/shm has free.
-MESSAGE_BYTES = 64 << 20
+MESSAGE_BYTES = 32 << 20
 RING_BYTES = 1 << 30
 
 
@@ -189,6 +189,12 @@ class ShardBatchDataset(Dataset):
     def __getitem__(self, idx: np.ndarray) -> "torch.Tensor | RingSlot":
         if self._pid != os.getpid():  # first call in this process: no ring slot inherited is ours
             self._slots, self._next, self._pid, self._spare = [], 0, os.getpid(), None
+            info = get_worker_info()
+            if info is not None and self.shared is not None:
+                # Touch this worker's slots once, now: the first write to each 4 KB page of shared
+                # memory faults, and left to the gathers those faults spread over the first epochs
+                # (BENCHMARKS.md "The streaming path: several batches a message").
+                self.shared[info.id].fill_(0)
         idx = np.asarray(idx, dtype=np.int64)
         out, token = self._buffer(len(idx))
         sid = np.searchsorted(self.offsets, idx, side="right") - 1

@@ -194,9 +194,10 @@ def test_the_message_plan_fits_its_shared_memory():
     from pipeline.loader import RING_BYTES, message_plan
 
     mb = 1 << 20
-    # 64 px batches of 128 (1.5 MB): 32 a message (the cap), 2 messages in flight, a ring of 4
+    # 64 px batches of 128 (1.5 MB): 21 a message (32 MB), 2 messages in flight, a ring of 4; 16 px: the cap
     k, prefetch, ring = message_plan(128 * 64 * 64 * 3, workers=2, prefetch_factor=4, shm_free=64 << 30)
-    assert (k, prefetch, ring) == (32, 2, 4)
+    assert (k, prefetch, ring) == (21, 2, 4)
+    assert message_plan(128 * 16 * 16 * 3, workers=2, prefetch_factor=4, shm_free=64 << 30)[0] == 32
     # a small /dev/shm (Docker's 64 MB) gets a ring within a quarter of it, however many batches that leaves
     for workers, free in ((2, 64 * mb), (16, 8 << 30), (2, 1 * mb)):
         k, prefetch, ring = message_plan(128 * 64 * 64 * 3, workers=workers, prefetch_factor=4, shm_free=free)

@@ -126,6 +126,29 @@ class ProjectShardDataset(Project):
         return (lambda: loader), (lambda: None)
 
 
+class MemoryLimit(Project):
+    """Not a loader: the resident path's work alone, for the ceiling it runs against. A shuffled
+    epoch of batches gathered with ``torch.index_select`` from the set in RAM into one reused
+    buffer, nothing else (no labels, no loader)."""
+
+    name = "memory limit (random batch gathers from RAM, one process)"
+
+    def open(self, out: Path, batch: int, workers: int, seed: int):
+        import torch
+
+        from pipeline.shard_format import open_set
+
+        images = torch.from_numpy(open_set(out).split("train").load_all())
+        buf = torch.empty((batch,) + tuple(images.shape[1:]), dtype=torch.uint8)
+        gen = torch.Generator().manual_seed(seed)
+
+        def epoch():
+            order = torch.randperm(len(images), generator=gen)
+            for i in order.split(batch):
+                yield (torch.index_select(images, 0, i, out=buf[: len(i)]),)
+        return epoch, (lambda: None)
+
+
 class FFCV:
     name = "FFCV 1.0.2 (os_cache=True, RANDOM)"
 
@@ -257,9 +280,9 @@ class WebDataset:
 
 
 SYSTEMS = {"project": Project, "project-resident": ProjectResident, "project-shard-dataset": ProjectShardDataset,
-           "ffcv": FFCV, "litdata": LitData, "streaming": Streaming, "webdataset": WebDataset}
+           "memory-limit": MemoryLimit, "ffcv": FFCV, "litdata": LitData, "streaming": Streaming, "webdataset": WebDataset}
 WRITERS = ("project", "ffcv", "litdata", "streaming", "webdataset")   # the project's three readers share one set
-STORE = {"project-resident": "project", "project-shard-dataset": "project"}
+STORE = {"project-resident": "project", "project-shard-dataset": "project", "memory-limit": "project"}
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -370,6 +393,15 @@ def main() -> None:
         w = writes[key] if key in writes else None   # the project's other readers read its one set
         wrote = f"{w['images_per_s']:,.0f} | {w['disk_mb']:,.0f} | {w['peak_mb']:,.0f}" if w else "(same set) | |"
         print(f"| {SYSTEMS[key].name} | {wrote} | {rd['open_s']:.2f} | {rd['epoch1']:,.0f} | {rd['epoch2']:,.0f} |")
+    # ratios within each round (the rounds interleave the systems), then their median
+    pairs = [("project", "ffcv"), ("project-resident", "ffcv"), ("project-resident", "memory-limit")]
+    result["ratios_epoch2"] = {}
+    for a, b in pairs:
+        if a in reads and b in reads:
+            within = [x / y for x, y in zip(reads[a]["rounds"]["epoch2"], reads[b]["rounds"]["epoch2"])]
+            result["ratios_epoch2"][f"{a}/{b}"] = statistics.median(within)
+            print(f"epoch 2, {a} / {b}: {statistics.median(within):.2f}x (rounds: "
+                  f"{', '.join(f'{r:.2f}' for r in within)})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
 
