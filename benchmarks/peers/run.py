@@ -18,7 +18,14 @@ every system in turn (the order rotating from round to round) opens its
 data (open time), reads epoch 1 (first use: compiles, maps, warms) and
 epoch 2 (steady state); figures are medians over the rounds. A pixel check
 reads every stored image back and compares the multiset of (label, pixel
-SHA-256) with the project's.
+SHA-256) with the project's. ``memory-limit`` is no loader: the resident
+path's gathers alone (random batches from RAM into one reused buffer), the
+ceiling the resident path runs against.
+
+``--cold`` (root) then measures the disk (sequential 4 MB reads and random
+row-sized reads on 2 threads, each from a dropped page cache) and reads
+the project's DataLoader path and FFCV with ``os_cache=False`` with the
+page cache dropped before every epoch.
 """
 
 from __future__ import annotations
@@ -76,6 +83,7 @@ class Folder:
 class Project:
     name = "project DataLoader path (cache=none)"
     cache = "none"
+    maps_held = True   # persistent workers keep the shards mapped (what --cold must undo between epochs)
 
     def write(self, folder: Folder, out: Path, workers: int) -> int:
         from pipeline.config import PreprocessConfig
@@ -151,6 +159,8 @@ class MemoryLimit(Project):
 
 class FFCV:
     name = "FFCV 1.0.2 (os_cache=True, RANDOM)"
+    os_cache = True
+    maps_held = False   # --cold reads it with os_cache=False: its own reads, nothing mapped
 
     def write(self, folder: Folder, out: Path, workers: int) -> int:
         from ffcv.fields import IntField, RGBImageField
@@ -169,7 +179,7 @@ class FFCV:
         from ffcv.loader import Loader
         from ffcv.transforms import ToTensor
 
-        return Loader(str(out / "set.beton"), batch_size=batch, num_workers=workers, os_cache=True, order=order,
+        return Loader(str(out / "set.beton"), batch_size=batch, num_workers=workers, os_cache=self.os_cache, order=order,
                       seed=seed, drop_last=False, pipelines={"image": [SimpleRGBImageDecoder(), ToTensor()],
                                                              "label": [IntDecoder(), ToTensor()]})
 
@@ -184,6 +194,13 @@ class FFCV:
 
         for x, y in self._loader(out, 256, 1, 0, OrderOption.SEQUENTIAL):
             yield from zip(x.numpy(), y.numpy().reshape(-1))
+
+
+class FFCVNoCache(FFCV):
+    """FFCV reading through its own process cache instead of the OS's: its choice for sets larger than RAM."""
+
+    name = "FFCV 1.0.2 (os_cache=False, RANDOM)"
+    os_cache = False
 
 
 def _litdata_sample(task):
@@ -280,9 +297,11 @@ class WebDataset:
 
 
 SYSTEMS = {"project": Project, "project-resident": ProjectResident, "project-shard-dataset": ProjectShardDataset,
-           "memory-limit": MemoryLimit, "ffcv": FFCV, "litdata": LitData, "streaming": Streaming, "webdataset": WebDataset}
-WRITERS = ("project", "ffcv", "litdata", "streaming", "webdataset")   # the project's three readers share one set
-STORE = {"project-resident": "project", "project-shard-dataset": "project", "memory-limit": "project"}
+           "memory-limit": MemoryLimit, "ffcv": FFCV, "ffcv-nocache": FFCVNoCache, "litdata": LitData, "streaming": Streaming, "webdataset": WebDataset}
+WRITERS = ("project", "ffcv", "litdata", "streaming", "webdataset")   # the project's readers share one set
+STORE = {"project-resident": "project", "project-shard-dataset": "project", "memory-limit": "project",
+         "ffcv-nocache": "ffcv"}
+COLD = ("project", "ffcv-nocache")   # what --cold reads (the systems that stream a set larger than RAM)
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -301,9 +320,9 @@ def _write_child(conn, key: str, data_dir: str, size: int, out: str, workers: in
     conn.send((n, dt, peak))
 
 
-def write_all(args, work: Path) -> dict:
+def write_all(args, work: Path, writers: list[str]) -> dict:
     res = {}
-    for key in WRITERS:
+    for key in writers:
         out = work / key
         shutil.rmtree(out, ignore_errors=True)
         recv, send = mp.get_context("spawn").Pipe(duplex=False)
@@ -319,14 +338,14 @@ def write_all(args, work: Path) -> dict:
     return res
 
 
-def pixel_check(work: Path) -> dict:
+def pixel_check(work: Path, writers: list[str]) -> dict:
     def digest_of(key):
         return sorted((int(y), hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
                       for x, y in SYSTEMS[key]().stored(work / key))
 
     ref = digest_of("project")
     same = {}
-    for key in WRITERS[1:]:
+    for key in writers[1:]:
         got = digest_of(key)
         # the project drops byte-identical files (duplicates); the others keep them
         same[key] = sorted(set(got)) == sorted(set(ref)) and len(got) >= len(ref)
@@ -358,6 +377,71 @@ def read_all(args, work: Path, keys: list[str]) -> dict:
     return {k: {f: statistics.median(v[f]) for f in v} | {"rounds": v} for k, v in rounds.items()}
 
 
+# --- a cold page cache (--cold) ----------------------------------------------------------------------
+
+def drop_caches() -> None:
+    """Write back and drop the page cache (root): the next read of every file comes from the disk."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as fh:
+        fh.write("3\n")
+
+
+def disk_limits(files: list[Path], row_bytes: int, reads: int = 4000, threads: int = 2) -> dict:
+    """The disk's speed on these files, each measured from a cold cache: sequential (4 MB reads, file
+    after file) and random (``reads`` row-sized reads at random row offsets on ``threads`` threads,
+    as two loader workers would)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    drop_caches()
+    t, total = time.perf_counter(), 0
+    for f in files:
+        with open(f, "rb", buffering=0) as fh:
+            while chunk := fh.read(4 << 20):
+                total += len(chunk)
+    seq = total / (time.perf_counter() - t)
+    drop_caches()
+    rng = np.random.default_rng(0)
+    sizes = [f.stat().st_size for f in files]
+    picks = [(int(k), int(rng.integers(0, max(sizes[k] // row_bytes - 1, 1))) * row_bytes)
+             for k in rng.integers(0, len(files), reads)]
+    fds = [os.open(f, os.O_RDONLY) for f in files]
+    try:
+        def one(pick):
+            return len(os.pread(fds[pick[0]], row_bytes, pick[1]))
+        t = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            got = sum(pool.map(one, picks))
+        rand = got / (time.perf_counter() - t)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return {"sequential_mb_s": seq / 1e6, "random_mb_s": rand / 1e6, "random_rows_per_s": rand / row_bytes,
+            "sequential_rows_per_s": seq / row_bytes}
+
+
+def read_cold(args, work: Path, keys: list[str]) -> dict:
+    """Epochs read with the page cache dropped before each: (open, drop, epoch 1, drop, epoch 2) per round."""
+    rounds = {k: {"epoch1": [], "epoch2": []} for k in keys}
+    for r in range(args.repeats):
+        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+            system = SYSTEMS[key]()
+            epoch, close = system.open(work / STORE.get(key, key), args.batch, args.workers, args.seed + r)
+            for e in ("epoch1", "epoch2"):
+                if e == "epoch2" and getattr(system, "maps_held", False):
+                    # its workers hold the shards mapped, and the kernel never drops mapped pages:
+                    # a fresh loader (its start included) reads the second epoch from the disk
+                    close()
+                    epoch, close = system.open(work / STORE.get(key, key), args.batch, args.workers, args.seed + r)
+                drop_caches()
+                t = time.perf_counter()
+                n = _epoch(epoch())
+                rounds[key][e].append(n / (time.perf_counter() - t))
+            close()
+            print(f"cold round {r + 1} {key:22s} epoch 1 {rounds[key]['epoch1'][-1]:,.0f} img/s, epoch 2 "
+                  f"{rounds[key]['epoch2'][-1]:,.0f} img/s", flush=True)
+    return {k: {f: statistics.median(v[f]) for f in v} | {"rounds": v} for k, v in rounds.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, required=True)
@@ -369,8 +453,15 @@ def main() -> None:
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from: " + ", ".join(SYSTEMS))
     ap.add_argument("--work", type=Path, default=Path("/tmp/peers-bench"), help="where the sets are written")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--cold", action="store_true",
+                    help="also read with the page cache dropped before every epoch (root), and measure the disk")
     args = ap.parse_args()
     keys = [k for k in args.systems.split(",") if k]
+    if args.cold:
+        try:
+            drop_caches()
+        except OSError as exc:
+            ap.error(f"--cold drops the page cache through /proc/sys/vm/drop_caches ({exc.strerror}): run as root")
     unknown = set(keys) - set(SYSTEMS)
     if unknown:
         ap.error(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
@@ -379,12 +470,23 @@ def main() -> None:
     for p in Path(args.data_dir).rglob("*"):   # the page cache warm for every writer
         if p.is_file():
             p.read_bytes()
-    writes = write_all(args, work)
-    same = pixel_check(work)
+    # the sets the chosen systems read (the project's always: the pixel check compares with it)
+    needed = {STORE.get(k, k) for k in keys} | {"project"} | ({"ffcv"} if args.cold else set())
+    writers = [w for w in WRITERS if w in needed]
+    writes = write_all(args, work, writers)
+    same = pixel_check(work, writers)
     reads = read_all(args, work, keys)
+    cold = disk = None
+    if args.cold:
+        shards = sorted((work / "project").glob("*.h5"))
+        disk = disk_limits(shards, args.size * args.size * 3)
+        print(f"disk, cold: sequential {disk['sequential_mb_s']:,.0f} MB/s ({disk['sequential_rows_per_s']:,.0f} "
+              f"images/s), random row reads on 2 threads {disk['random_mb_s']:,.0f} MB/s "
+              f"({disk['random_rows_per_s']:,.0f} images/s)", flush=True)
+        cold = read_cold(args, work, [k for k in COLD if k in SYSTEMS])
     result = {"config": vars(args) | {"data_dir": str(args.data_dir), "work": str(args.work),
                                       "json": str(args.json)},
-              "writes": writes, "pixels_same": same, "reads": reads,
+              "writes": writes, "pixels_same": same, "reads": reads, "cold_reads": cold, "disk": disk,
               "versions": _versions(), "cpu": os.cpu_count()}
     print("\n| system | write img/s | disk MB | peak MB (write) | open s | read img/s, epoch 1 | epoch 2 |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -393,6 +495,10 @@ def main() -> None:
         w = writes[key] if key in writes else None   # the project's other readers read its one set
         wrote = f"{w['images_per_s']:,.0f} | {w['disk_mb']:,.0f} | {w['peak_mb']:,.0f}" if w else "(same set) | |"
         print(f"| {SYSTEMS[key].name} | {wrote} | {rd['open_s']:.2f} | {rd['epoch1']:,.0f} | {rd['epoch2']:,.0f} |")
+    if cold:
+        print("\n| cold page cache | read img/s, epoch 1 | epoch 2 |\n| --- | ---: | ---: |")
+        for key, rd in cold.items():
+            print(f"| {SYSTEMS[key].name} | {rd['epoch1']:,.0f} | {rd['epoch2']:,.0f} |")
     # ratios within each round (the rounds interleave the systems), then their median
     pairs = [("project", "ffcv"), ("project-resident", "ffcv"), ("project-resident", "memory-limit")]
     result["ratios_epoch2"] = {}
