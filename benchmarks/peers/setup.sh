@@ -19,4 +19,7 @@ test -x "$here/.venv/bin/python" || "$python" -m venv "$here/.venv"
 # ffcv's build imports numpy, cython and pkgconfig: build it against this environment
 "$here/.venv/bin/python" -m pip install -q --no-build-isolation ffcv==1.0.2
 "$here/.venv/bin/python" -m pip install -q -r "$here/requirements.txt"
-"$here/.venv/bin/python" -c "import ffcv, litdata, streaming, webdataset; print('peers ready:', ffcv.__version__ if hasattr(ffcv, '__version__') else 'ffcv', litdata.__version__, streaming.__version__)"
+"$here/.venv/bin/python" -c "
+import ffcv, litdata, streaming, webdataset  # each imports beside the others
+from importlib.metadata import version
+print('peers ready:', ', '.join(f'{p} {version(p)}' for p in ('ffcv', 'litdata', 'mosaicml-streaming', 'webdataset', 'torch')))"
