@@ -179,9 +179,9 @@ class FFCV:
         from ffcv.loader import Loader
         from ffcv.transforms import ToTensor
 
-        return Loader(str(out / "set.beton"), batch_size=batch, num_workers=workers, os_cache=self.os_cache, order=order,
-                      seed=seed, drop_last=False, pipelines={"image": [SimpleRGBImageDecoder(), ToTensor()],
-                                                             "label": [IntDecoder(), ToTensor()]})
+        pipelines = {"image": [SimpleRGBImageDecoder(), ToTensor()], "label": [IntDecoder(), ToTensor()]}
+        return Loader(str(out / "set.beton"), batch_size=batch, num_workers=workers, os_cache=self.os_cache,
+                      order=order, seed=seed, drop_last=False, pipelines=pipelines)
 
     def open(self, out: Path, batch: int, workers: int, seed: int):
         from ffcv.loader import OrderOption
@@ -297,7 +297,8 @@ class WebDataset:
 
 
 SYSTEMS = {"project": Project, "project-resident": ProjectResident, "project-shard-dataset": ProjectShardDataset,
-           "memory-limit": MemoryLimit, "ffcv": FFCV, "ffcv-nocache": FFCVNoCache, "litdata": LitData, "streaming": Streaming, "webdataset": WebDataset}
+           "memory-limit": MemoryLimit, "ffcv": FFCV, "ffcv-nocache": FFCVNoCache, "litdata": LitData,
+           "streaming": Streaming, "webdataset": WebDataset}
 WRITERS = ("project", "ffcv", "litdata", "streaming", "webdataset")   # the project's readers share one set
 STORE = {"project-resident": "project", "project-shard-dataset": "project", "memory-limit": "project",
          "ffcv-nocache": "ffcv"}
