@@ -157,6 +157,65 @@ class MemoryLimit(Project):
         return epoch, (lambda: None)
 
 
+_GATHER: dict = {}   # a stream-limit process's maps of the shards and its reused message buffer
+
+
+def _gather_init(root: str) -> None:
+    import torch
+
+    from pipeline.dataset import ShardMaps
+    from pipeline.shard_format import open_set
+
+    torch.set_num_threads(1)   # forked from a process with an OpenMP pool: one thread, as DataLoader workers do
+
+    split = open_set(root).split("train")
+    _GATHER.update(maps=ShardMaps(split.shards, as_tensor=True), offsets=split.offsets, buf=None)
+
+
+def _gather_messages(messages: list) -> int:
+    """Gather each message's rows, run by run of one shard, into one reused buffer: the loader
+    worker's work, without the DataLoader around it."""
+    import torch
+
+    maps, offsets = _GATHER["maps"], _GATHER["offsets"]
+    n = 0
+    for idx in messages:
+        if _GATHER["buf"] is None or len(_GATHER["buf"]) < len(idx):
+            _GATHER["buf"] = torch.empty((len(idx),) + tuple(maps[0].shape[1:]), dtype=torch.uint8)
+        out = _GATHER["buf"]
+        sid = np.searchsorted(offsets, idx, side="right") - 1
+        cuts = np.flatnonzero(sid[1:] != sid[:-1]) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(idx)]):
+            torch.index_select(maps[int(sid[a])], 0, torch.from_numpy(idx[a:b] - offsets[sid[a]]), out=out[a:b])
+        n += len(idx)
+    return n
+
+
+class StreamLimit(Project):
+    """Not a loader: the streaming path's gathers alone, on as many processes as it has workers.
+    A shuffled epoch in the loader's order and message size, its messages dealt to the processes
+    in turn, each gathered from the process's maps of the shards into one reused buffer."""
+
+    name = "streaming limit (the workers' gathers alone, no DataLoader)"
+
+    def open(self, out: Path, batch: int, workers: int, seed: int):
+        from pipeline.loader import message_plan
+        from pipeline.sampler import epoch_order
+        from pipeline.shard_format import open_set
+
+        split = open_set(out).split("train")
+        k = message_plan(batch * split.image_size ** 2 * 3, workers, 4)[0]
+        pool = mp.get_context("fork").Pool(workers, _gather_init, (str(out),))
+        epochs = iter(range(1 << 30))
+
+        def epoch():
+            order = epoch_order(split.offsets, split.labels, seed, next(epochs))
+            messages = [order[i: i + k * batch] for i in range(0, len(order), k * batch)]
+            n = sum(pool.map(_gather_messages, [messages[w::workers] for w in range(workers)], chunksize=1))
+            return [(range(n),)]   # one "batch" of n: what _epoch counts
+        return epoch, pool.terminate
+
+
 class FFCV:
     name = "FFCV 1.0.2 (os_cache=True, RANDOM)"
     os_cache = True
@@ -297,10 +356,11 @@ class WebDataset:
 
 
 SYSTEMS = {"project": Project, "project-resident": ProjectResident, "project-shard-dataset": ProjectShardDataset,
-           "memory-limit": MemoryLimit, "ffcv": FFCV, "ffcv-nocache": FFCVNoCache, "litdata": LitData,
-           "streaming": Streaming, "webdataset": WebDataset}
+           "memory-limit": MemoryLimit, "stream-limit": StreamLimit, "ffcv": FFCV, "ffcv-nocache": FFCVNoCache,
+           "litdata": LitData, "streaming": Streaming, "webdataset": WebDataset}
 WRITERS = ("project", "ffcv", "litdata", "streaming", "webdataset")   # the project's readers share one set
 STORE = {"project-resident": "project", "project-shard-dataset": "project", "memory-limit": "project",
+         "stream-limit": "project",
          "ffcv-nocache": "ffcv"}
 COLD = ("project", "ffcv-nocache")   # what --cold reads (the systems that stream a set larger than RAM)
 
@@ -501,7 +561,8 @@ def main() -> None:
         for key, rd in cold.items():
             print(f"| {SYSTEMS[key].name} | {rd['epoch1']:,.0f} | {rd['epoch2']:,.0f} |")
     # ratios within each round (the rounds interleave the systems), then their median
-    pairs = [("project", "ffcv"), ("project-resident", "ffcv"), ("project-resident", "memory-limit")]
+    pairs = [("project", "ffcv"), ("project-resident", "ffcv"), ("project-resident", "memory-limit"),
+             ("project", "stream-limit"), ("stream-limit", "ffcv")]
     result["ratios_epoch2"] = {}
     for a, b in pairs:
         if a in reads and b in reads:
