@@ -421,19 +421,29 @@ def _epoch(loader) -> int:
     return n
 
 
-def read_all(args, work: Path, keys: list[str]) -> dict:
+def read_all(args, work: Path, keys: list[str], cold: bool = False) -> dict:
+    """Rounds of (open, epoch 1, epoch 2) per system, the order rotating; with ``cold``, the page
+    cache dropped before every epoch."""
     rounds = {k: {"open_s": [], "epoch1": [], "epoch2": []} for k in keys}
     for r in range(args.repeats):
         for key in keys[r % len(keys):] + keys[: r % len(keys)]:   # rotate who goes first
+            system, where = SYSTEMS[key](), work / STORE.get(key, key)
             t = time.perf_counter()
-            epoch, close = SYSTEMS[key]().open(work / STORE.get(key, key), args.batch, args.workers, args.seed + r)
+            epoch, close = system.open(where, args.batch, args.workers, args.seed + r)
             rounds[key]["open_s"].append(time.perf_counter() - t)
             for e in ("epoch1", "epoch2"):
+                if cold and e == "epoch2" and getattr(system, "maps_held", False):
+                    # its workers hold the shards mapped, and the kernel never drops mapped pages:
+                    # a fresh loader (its start included) reads the second epoch from the disk
+                    close()
+                    epoch, close = system.open(where, args.batch, args.workers, args.seed + r)
+                if cold:
+                    drop_caches()
                 t = time.perf_counter()
                 n = _epoch(epoch())
                 rounds[key][e].append(n / (time.perf_counter() - t))
             close()
-            print(f"round {r + 1} {key:22s} open {rounds[key]['open_s'][-1]:.2f} s, epoch 1 "
+            print(f"{'cold ' if cold else ''}round {r + 1} {key:22s} open {rounds[key]['open_s'][-1]:.2f} s, epoch 1 "
                   f"{rounds[key]['epoch1'][-1]:,.0f} img/s, epoch 2 {rounds[key]['epoch2'][-1]:,.0f} img/s", flush=True)
     return {k: {f: statistics.median(v[f]) for f in v} | {"rounds": v} for k, v in rounds.items()}
 
@@ -480,29 +490,6 @@ def disk_limits(files: list[Path], row_bytes: int, reads: int = 4000, threads: i
             "sequential_rows_per_s": seq / row_bytes}
 
 
-def read_cold(args, work: Path, keys: list[str]) -> dict:
-    """Epochs read with the page cache dropped before each: (open, drop, epoch 1, drop, epoch 2) per round."""
-    rounds = {k: {"epoch1": [], "epoch2": []} for k in keys}
-    for r in range(args.repeats):
-        for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-            system = SYSTEMS[key]()
-            epoch, close = system.open(work / STORE.get(key, key), args.batch, args.workers, args.seed + r)
-            for e in ("epoch1", "epoch2"):
-                if e == "epoch2" and getattr(system, "maps_held", False):
-                    # its workers hold the shards mapped, and the kernel never drops mapped pages:
-                    # a fresh loader (its start included) reads the second epoch from the disk
-                    close()
-                    epoch, close = system.open(work / STORE.get(key, key), args.batch, args.workers, args.seed + r)
-                drop_caches()
-                t = time.perf_counter()
-                n = _epoch(epoch())
-                rounds[key][e].append(n / (time.perf_counter() - t))
-            close()
-            print(f"cold round {r + 1} {key:22s} epoch 1 {rounds[key]['epoch1'][-1]:,.0f} img/s, epoch 2 "
-                  f"{rounds[key]['epoch2'][-1]:,.0f} img/s", flush=True)
-    return {k: {f: statistics.median(v[f]) for f in v} | {"rounds": v} for k, v in rounds.items()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", type=Path, required=True)
@@ -544,7 +531,7 @@ def main() -> None:
         print(f"disk, cold: sequential {disk['sequential_mb_s']:,.0f} MB/s ({disk['sequential_rows_per_s']:,.0f} "
               f"images/s), random row reads on 2 threads {disk['random_mb_s']:,.0f} MB/s "
               f"({disk['random_rows_per_s']:,.0f} images/s)", flush=True)
-        cold = read_cold(args, work, [k for k in COLD if k in SYSTEMS])
+        cold = read_all(args, work, list(COLD), cold=True)
     result = {"config": vars(args) | {"data_dir": str(args.data_dir), "work": str(args.work),
                                       "json": str(args.json)},
               "writes": writes, "pixels_same": same, "reads": reads, "cold_reads": cold, "disk": disk,
