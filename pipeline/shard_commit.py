@@ -2,7 +2,9 @@
 
 Ownership: a build deletes or replaces only files this tool wrote, those
 the folder's manifest (or, after a crash inside a commit, its journal)
-lists; a folder holding other files named like shards is refused. One
+lists or that carry the shard format's stamp (a set whose manifest was
+damaged); a folder holding other files named like shards, or a
+``manifest.json`` of someone else's, is refused. One
 build at a time writes into a folder (an OS lock, :class:`FolderLock`).
 
 Commit: a build writes its shards into ``out/.simpsons-shards-build/``;
@@ -24,6 +26,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Callable, Optional
+
+import h5py
 
 from . import shard_format as sf
 from .errors import FolderLock, UserError, disk_errors
@@ -52,12 +56,27 @@ def _listed_by_older_version(out: Path) -> set[str]:
             if isinstance(e, dict) and sf.SHARD_NAME.match(str(e.get("file")))}
 
 
+def _stamped(path: Path) -> bool:
+    """Whether a file named like a shard is one this tool wrote: an HDF5 file with the shard
+    datasets and the format stamp (its manifest may be lost or damaged)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return "format_version" in f.attrs and all(k in f for k in ("images", "labels", "hashes"))
+    except (OSError, ValueError):
+        return False
+
+
 def owned_files(out: Path) -> tuple[Optional[dict], set[str]]:
     """(the current manifest or None, names of the shard files this tool wrote in ``out``).
 
+    A shard file is ours when the manifest or a commit's journal lists it,
+    or when it carries the format stamp (a set whose manifest was damaged:
+    ``preprocess`` rebuilds it, as the damaged-manifest error advises).
+
     Raises:
-        UserError: ``out`` holds files named like shards that no manifest or
-            journal of this tool lists (a user's files: never touched).
+        UserError: ``out`` holds files named like shards that this tool did
+            not write, or a ``manifest.json`` that is not this tool's (a
+            user's files: never touched).
     """
     try:
         manifest = sf.read_manifest(out)
@@ -69,12 +88,17 @@ def owned_files(out: Path) -> tuple[Optional[dict], set[str]]:
                   if sf.SHARD_NAME.match(n)}
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    foreign = sorted(p.name for p in out.glob("*.h5")
-                     if (p.name.startswith(("train-", "val-"))) and p.name not in owned)
+    unlisted = [p for p in out.glob("*.h5") if p.name.startswith(("train-", "val-")) and p.name not in owned]
+    owned |= {p.name for p in unlisted if sf.SHARD_NAME.match(p.name) and _stamped(p)}
+    foreign = sorted(p.name for p in unlisted if p.name not in owned)
     if foreign:
         raise UserError(f"{out}: holds {len(foreign)} file(s) named like shards that this tool did not write "
                         f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); move them away "
                         f"or pass an empty --out")
+    if manifest is None and (out / sf.MANIFEST).exists() and older_manifest(out) is None and not owned:
+        # not a set of ours (no shard of ours beside it): a commit would overwrite the user's file
+        raise UserError(f"{out / sf.MANIFEST}: not a manifest this tool wrote, and no shards of its own beside it; "
+                        f"move it away or pass an empty --out")
     return manifest, owned
 
 

@@ -458,6 +458,28 @@ def test_preprocess_never_touches_a_users_files_named_like_shards(tmp_path):
         assert {k: v for k, v in snapshot(out).items() if k != ".lock"} == before
 
 
+def test_a_damaged_manifest_is_rebuilt_as_its_error_advises_and_a_foreign_one_is_refused(tmp_path):
+    root = make_class_tree(tmp_path / "data", {"a": 4, "b": 4})
+    out = tmp_path / "out"
+    preprocess(root, out, PreprocessConfig(size=16), workers=1)
+    (out / "manifest.json").write_text("garbage")
+    r = run("train", "--shards", out, "--epochs", 1)
+    assert r.exit_code == 1 and "unreadable manifest" in r.output and "preprocess --force" in r.output
+    # the advice works: the shards carry the format stamp, so they are the tool's to replace
+    r = run("preprocess", "--data-dir", root, "--out", out, "--size", 16, "--workers", 1, "--force")
+    assert r.exit_code == 0, r.output
+    assert sf.verify(out) == []
+    # a manifest.json with no shard of this tool beside it is the user's: refused, untouched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "manifest.json").write_text('{"name": "my own manifest"}')
+    before = snapshot(mine)
+    for extra in ((), ("--force",)):
+        r = run("preprocess", "--data-dir", root, "--out", mine, "--size", 16, "--workers", 1, *extra)
+        assert r.exit_code == 1 and "not a manifest this tool wrote" in r.output and "Traceback" not in r.output
+        assert {k: v for k, v in snapshot(mine).items() if k != ".lock"} == before
+
+
 def test_preprocess_replaces_only_its_own_shards(tmp_path):
     root = make_class_tree(tmp_path / "data", {"a": 30, "b": 30})
     out = tmp_path / "out"
