@@ -227,7 +227,7 @@ def verify(out: Path) -> None:
 # What --resume takes from the checkpoint (parameter -> pipeline.resume.RECIPE_KEYS name); a value
 # given with it must equal the checkpoint's.
 RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-                  "augment": "augment", "balance": "balance", "tta": "tta", "ema": "ema"}
+                  "augment": "augment", "balance": "balance", "tta": "tta", "ema": "ema", "min_res": "min_res"}
 
 
 @main.command()
@@ -258,6 +258,10 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
               help="Validate and predict with a moving average of the weights, decay per step at most this "
                    "(0: off); early on the decay is (1+n)/(10+n) at step n, about the last tenth of the steps "
                    "so far [default: recipe's].")
+@click.option("--min-res", type=Bounded("min_res"), default=None,
+              help="Progressive resizing: the first epochs train at this side (px, a multiple of 8), "
+                   "downsampled on the device, ramping up to the shards' side (0: off; resnet only; validation "
+                   "stays at the shards' side) [default: recipe's].")
 @click.option("--minutes", type=Bounded("minutes"), default=0.0,
               help="Wall-time budget: stop before an epoch that would end past it (0: none).")
 @click.option("--tta/--no-tta", default=None,
@@ -273,7 +277,7 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
               help="Continue a run exactly from its last.pt or interrupted.pt (model and recipe come from it).")
 @click.pass_context
 def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment,
-          balance, ema, minutes, tta, compile_, exact, sync_bn, out, resume) -> None:
+          balance, ema, min_res, minutes, tta, compile_, exact, sync_bn, out, resume) -> None:
     """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
 
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
@@ -299,7 +303,8 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
     else:
         plan = make_plan(model_name, recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
-                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes, ema=ema)
+                         compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes, ema=ema,
+                         min_res=min_res)
     summary = run(shards, plan, resume=resume, progress=True, say=click.echo, checkpoint=ckpt)
     best = summary["best"]
     if summary["rank"] != 0:

@@ -12,6 +12,10 @@ from .resnet import ResNetS
 
 MODELS = {"cnn4conv": CNN4Conv, "bart": BART, "resnet": ResNetS}
 
+# Models that pool globally before their head, so they accept any input side
+# (progressive resizing); the notebooks' networks flatten a size fixed at build.
+ANY_SIZE = ("resnet",)
+
 # Each notebook's own recipe: (image size, optimizer, lr, batch, epochs, val split, seed).
 NOTEBOOK_RECIPES = {
     "cnn4conv": {"image_size": 64, "lr": 1e-4, "batch_size": 32, "epochs": 40, "val_frac": 0.15, "seed": 42},

@@ -26,6 +26,10 @@ SIZE_MIN, SIZE_MAX, SIZE_STEP = 16, 1024, 16
 # frames (one group of 1,708 images at 10 on the real set; BENCHMARKS.md).
 NEAR_DUP_MAX = 10
 
+# Progressive resizing's sides are multiples of 8: ResNetS halves the side
+# three times, so every stage keeps whole pixels.
+RES_STEP = 8
+
 
 def check_image_size(size: int) -> int:
     """``size`` if it is a square side every stage accepts, else ConfigError."""
@@ -78,6 +82,7 @@ RANGES = {
     "weight_decay": Range(0.0, 1.0),
     "label_smoothing": Range(0.0, 0.5),
     "epochs": Range(1, 100_000, integer=True),
+    "min_res": Range(0, SIZE_MAX, integer=True),      # and a multiple of RES_STEP (0: off): OptimConfig
     "ema": Range(0.0, 1.0, hi_open=True),
     "minutes": Range(0.0, 100_000.0),
     "scale": Range(0.0, 100.0, lo_open=True),
@@ -232,6 +237,14 @@ class OptimConfig:
             weights, which validation, ``best.pt`` and inference then use
             (0: off; the warm-up of :class:`~pipeline.optim.WeightEma`
             governs until (1 + n) / (10 + n) reaches it: 1,790 steps for 0.995).
+        min_res: progressive resizing: the side (px, a multiple of 8) the
+            first epochs train at, the stored batches downsampled on the
+            device (0: off; only for models that pool globally, ``resnet``).
+            Validation and inference always run at the stored size.
+        ramp: (start, end) as fractions of ``epochs``: the epochs before
+            ``start`` train at ``min_res``, those from ``end`` on at the
+            stored size, the ones between on a linear ramp
+            (:func:`~pipeline.optim.res_at`).
     """
 
     optimizer: str = "adamw"
@@ -241,8 +254,18 @@ class OptimConfig:
     label_smoothing: float = 0.1
     epochs: int = 12
     ema: float = 0.0
+    min_res: int = 0
+    ramp: tuple = (0.5, 0.75)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "ramp", tuple(self.ramp))  # a checkpoint's JSON-like config holds a list
+        check_range("min_res", self.min_res)
+        if self.min_res % RES_STEP:
+            raise ConfigError(f"min_res must be a multiple of {RES_STEP} pixels (0: off), got {self.min_res}")
+        if (len(self.ramp) != 2 or not all(Range(0.0, 1.0).holds(r) for r in self.ramp)
+                or self.ramp[0] > self.ramp[1]):
+            raise ConfigError(f"ramp must be (start, end) with 0 <= start <= end <= 1 (fractions of the epochs), "
+                              f"got {self.ramp}")
         if self.optimizer not in ("adam", "adamw"):
             raise ConfigError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.schedule not in ("constant", "onecycle"):
@@ -303,10 +326,12 @@ def recipe(name: str, model: str) -> tuple[OptimConfig, dict]:
                             label_smoothing=0.0, epochs=nb["epochs"]),
                 {"batch_size": nb["batch_size"], "augment": False, "seed": nb["seed"]})
     if name == "default":
-        # Time to accuracy on the real images (BENCHMARKS.md "Time to accuracy"): 13 epochs fit 20 minutes
-        # of 2 CPU cores for resnet at 64 px; square-root class balance for the long tail; test-time flip;
-        # validation on a moving average of the weights (BENCHMARKS.md "A moving average of the weights").
-        return OptimConfig(epochs=13, ema=0.995), {"batch_size": 128, "augment": True, "balance": 0.5, "tta": True}
+        # Time to accuracy on the real images (BENCHMARKS.md "Time to accuracy, halved"): 15 epochs, the
+        # first 6 at 32 px, 3 on a ramp (40, 48, 56 px) and 6 at 64 px (progressive resizing, for the
+        # models that pool globally: make_plan); square-root class balance for the long tail; test-time
+        # flip; validation on a moving average of the weights (BENCHMARKS.md "A moving average of the weights").
+        return (OptimConfig(epochs=15, ema=0.995, min_res=32, ramp=(0.4, 0.6)),
+                {"batch_size": 128, "augment": True, "balance": 0.5, "tta": True})
     raise ConfigError(f"unknown recipe {name!r}; choose one of {RECIPES}")
 
 
@@ -315,24 +340,33 @@ def make_plan(model: str = "resnet", recipe_name: str = "default", *, epochs: Op
               augment: Optional[bool] = None, balance: Optional[float] = None, workers: Optional[int] = None,
               cache: str = "auto", device: str = "auto", amp: bool = False, compile: bool = False,
               exact: bool = False, sync_bn: bool = False, out: Optional[str] = None,
-              tta: Optional[bool] = None, minutes: float = 0.0, ema: Optional[float] = None) -> TrainPlan:
+              tta: Optional[bool] = None, minutes: float = 0.0, ema: Optional[float] = None,
+              min_res: Optional[int] = None) -> TrainPlan:
     """The one place a run's configuration is made: a named recipe for a model, then overrides.
 
     Args:
         model: ``resnet`` (the default: fastest to accuracy here), ``bart`` or ``cnn4conv`` (the notebooks').
         recipe_name: ``default`` (the best measured here) or ``notebook`` (the model's notebook exactly).
-        epochs, batch_size, lr, seed, augment, balance, tta, ema: override the recipe's (None keeps it).
+        epochs, batch_size, lr, seed, augment, balance, tta, ema, min_res: override the recipe's (None keeps it).
         workers: DataLoader workers per process (None: cores / local ranks).
         cache, device, amp, compile, exact, sync_bn: how it runs (see :class:`RunConfig`, :class:`LoaderConfig`).
         out: run folder (default ``runs/MODEL-RECIPE``).
         minutes: wall-time budget; training stops before an epoch that would end past it (0: none).
 
     Raises:
-        ConfigError: an unknown recipe, or a value out of its range.
+        ConfigError: an unknown recipe, a value out of its range, or progressive resizing for a
+            model whose head needs one input size.
     """
+    from model import ANY_SIZE
+
     optim, loader_kw = recipe(recipe_name, model)
-    optim = dataclasses.replace(optim, **{k: v for k, v in (("epochs", epochs), ("lr", lr), ("ema", ema))
-                                          if v is not None})
+    if model not in ANY_SIZE:  # the recipe's low-resolution epochs are for the models that pool globally
+        optim = dataclasses.replace(optim, min_res=0)
+    optim = dataclasses.replace(optim, **{k: v for k, v in (("epochs", epochs), ("lr", lr), ("ema", ema),
+                                                            ("min_res", min_res)) if v is not None})
+    if optim.min_res and model not in ANY_SIZE:
+        raise ConfigError(f"progressive resizing (min_res {optim.min_res}) needs a model that pools globally "
+                          f"({', '.join(ANY_SIZE)}); {model} flattens one input size: drop --min-res")
     recipe_seed = loader_kw.pop("seed", 42)
     seed = recipe_seed if seed is None else seed
     recipe_tta = loader_kw.pop("tta", False)

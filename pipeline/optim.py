@@ -52,6 +52,29 @@ def lr_at(o: OptimConfig, step: int, total: int) -> tuple[float, Optional[float]
     raise AssertionError("unreachable")
 
 
+def res_at(o: OptimConfig, epoch: int, full: int) -> int:
+    """The side (px) epoch ``epoch`` (0-based) trains at under progressive resizing; ``full`` is the stored side.
+
+    Low resolution first (FFCV's ResNet recipes): a step at 32 px costs
+    about a fifth of one at 64 px on a CPU (BENCHMARKS.md "Progressive
+    resizing"), and the early epochs learn coarse features that need no
+    fine detail. Epochs before ``ramp[0] * epochs`` (rounded) train at
+    ``min_res``, those from ``ramp[1] * epochs`` on at ``full``, the ones
+    between on a linear ramp rounded down to a multiple of 8. A pure
+    function of the epoch, as :func:`lr_at` is of the step: resume needs no
+    state, and a run extended with ``--epochs`` rebuilds it for the new total.
+    """
+    if not o.min_res or o.min_res >= full:
+        return full
+    start, end = round(o.ramp[0] * o.epochs), round(o.ramp[1] * o.epochs)
+    if epoch < start:
+        return o.min_res
+    if epoch >= end:
+        return full
+    side = o.min_res + (full - o.min_res) * (epoch - start + 1) / (end - start + 1)
+    return max(o.min_res, int(side) // 8 * 8)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, o: OptimConfig, step: int, total: int) -> None:
     """Put the schedule's lr (and Adam beta1 under ``onecycle``) for ``step`` of ``total`` into ``optimizer``."""
     lr, beta1 = lr_at(o, step, total)
@@ -75,10 +98,10 @@ class WeightEma:
         model: the trained model (its current weights start the average).
         decay: the largest per-step decay (0.995: about the last 200 steps).
             Below it the warm-up governs: (1 + n) / (10 + n) reaches 0.995
-            only at update 1,790, so a run of fewer steps (the default's
-            13 epochs of 131 steps on simpsons-real-80 are 1,703) averages
-            about the last tenth of its steps so far throughout, whatever
-            ``decay`` is.
+            only at update 1,790, so for most of a run of that length (the
+            default's 15 epochs of 131 steps on simpsons-real-80 are 1,965)
+            the average covers about the last tenth of the steps so far,
+            whatever ``decay`` is.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float) -> None:

@@ -24,7 +24,7 @@ class TrainingError(UserError):
 # What a resumed run must share with its checkpoint (the rest, such as the
 # device, workers, cache, precision and output folder, may change).
 _SAME_ON_RESUME = {"model": ("name",), "optim": ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing",
-                                                   "ema"),
+                                                   "ema", "min_res", "ramp"),
                    "loader": ("batch_size", "augment", "balance", "seed"), "run": ("seed", "recipe", "tta")}
 
 
@@ -50,7 +50,9 @@ def check_resume(ckpt: dict, plan: TrainPlan, resume: Path, classes: list, size:
     for part, keys in _SAME_ON_RESUME.items():
         mine = to_dict(getattr(plan, part))
         for k in keys:
-            if k in cfg[part] and cfg[part][k] != mine[k]:
+            theirs = cfg[part].get(k)
+            if k in cfg[part] and (list(theirs) if isinstance(theirs, (list, tuple)) else theirs) != (
+                    list(mine[k]) if isinstance(mine[k], (list, tuple)) else mine[k]):
                 raise TrainingError(f"{resume} was trained with {part} {k}={cfg[part][k]!r}, not {mine[k]!r}; "
                                     f"--resume continues the checkpoint's own recipe (drop that option)")
     if len(ckpt["rng"]) != world:
@@ -102,7 +104,8 @@ def check_out(out: Path, resume: Optional[Path], shards: Optional[Path] = None) 
 # --resume takes these from the checkpoint; a value given with it must equal the checkpoint's.
 RECIPE_KEYS = {"model": ("model", "name"), "recipe": ("run", "recipe"), "batch_size": ("loader", "batch_size"),
                "lr": ("optim", "lr"), "seed": ("run", "seed"), "augment": ("loader", "augment"),
-               "balance": ("loader", "balance"), "tta": ("run", "tta"), "ema": ("optim", "ema")}
+               "balance": ("loader", "balance"), "tta": ("run", "tta"), "ema": ("optim", "ema"),
+               "min_res": ("optim", "min_res")}
 
 
 def check_given(ckpt: dict, resume: Path, given: dict) -> None:

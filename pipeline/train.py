@@ -37,7 +37,7 @@ from .errors import FolderLock, write_text
 from .loader import create_loader
 from .transform import DeviceTransform
 from .metrics import accuracy_f1, evaluate_batches
-from .optim import WeightEma, lr_at, make_optimizer, set_lr
+from .optim import WeightEma, lr_at, make_optimizer, res_at, set_lr
 from .resume import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via pipeline.train)
 from .runtime import Precision, configure_cuda, resolve_device
 from .shard_format import ShardSet, open_set
@@ -303,14 +303,15 @@ class Trainer:
             dd.broadcast_buffers(self.ctx, Holder(over))  # every rank stops after the same epoch
         return bool(over)
 
-    def _validate(self, epoch: int) -> dict:
-        """The validated model's val loss, accuracy, macro-F1 and the long tail's macro-F1 (None without val)."""
+    def _validate(self, epoch: int, score: bool = True) -> dict:
+        """The validated model's val loss, accuracy, macro-F1 and the long tail's macro-F1 (None without
+        val or ``score``); under torchrun the ranks' BatchNorm buffers are made equal first either way."""
         dd.broadcast_buffers(self.ctx, self.model)
         scored = self.model
         if self.ema is not None:  # the average is what is validated, kept as best.pt and predicted with
             dd.broadcast_buffers(self.ctx, self.ema.module)
             scored = self.ema.module
-        if self.val_loader is None:
+        if self.val_loader is None or not score:
             return {"loss": None, "acc": None, "f1": None, "f1_small": None}
         self.val_loader.set_epoch(epoch)  # same order every epoch; keeps its stream running
         val = evaluate_batches(scored, self.val_loader, self.transform, self.prec.autocast, ctx=self.ctx,
@@ -319,8 +320,15 @@ class Trainer:
         return {**val, "f1_small": small}
 
     def _end_epoch(self, epoch: int, stats: dict, wall_s: Callable[[], float]) -> None:
-        """Validate, record, checkpoint and plot one finished epoch."""
-        val = self._validate(epoch)
+        """Validate, record, checkpoint and plot one finished epoch.
+
+        Epochs trained below the stored side (progressive resizing) are not
+        validated, except the last: validation runs at the stored side, where
+        such a model is not yet trained, and at 64 px on 2 CPU cores it costs
+        about half of a 32 px epoch (BENCHMARKS.md "Time to accuracy, halved").
+        """
+        low = stats["res"] < self.plan.model.image_size and epoch + 1 < self.plan.optim.epochs
+        val = self._validate(epoch, score=not low)
         o = self.plan.optim  # lr: the schedule after the epoch (the next step's), as OneCycleLR reported it
         row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
                "lr": lr_at(o, (epoch + 1) * self.steps, o.epochs * self.steps)[0],
@@ -340,10 +348,12 @@ class Trainer:
 
             plot_curves(self.history, self.out / "curves.png")
         v = (f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-F1 {val['f1']:.3f}" if val["f1"] is not None
-             else "no val split")
+             else f"not validated (trained at {stats['res']} px)" if low else "no val split")
         self.say(f"epoch {epoch + 1}/{self.plan.optim.epochs}: train loss {stats['train_loss']:.4f} "
                  f"acc {stats['train_acc']:.3f} | {v} | {stats['seconds']:.1f} s, {stats['images_per_s']:.0f} img/s, "
-                 f"data wait {100 * stats['data_wait']:.1f}%{' *best*' if improved else ''}")
+                 f"data wait {100 * stats['data_wait']:.1f}%"
+                 + (f", {stats['res']} px" if stats["res"] != self.plan.model.image_size else "")
+                 + (" *best*" if improved else ""))
 
     def _train_epoch(self, epoch: int, stop: StopRequest, on_step) -> Optional[dict]:
         """One epoch from the current position; None if a signal stopped it (``interrupted.pt`` written).
@@ -356,6 +366,7 @@ class Trainer:
         """
         loader, o, ctx, dev = self.train_loader, self.plan.optim, self.ctx, self.ctx.device
         self.model.train()
+        self.transform.train_size = res_at(o, epoch, self.plan.model.image_size)
         state = self.position.loader_state(epoch)   # mid-epoch after a resume, else the epoch's start
         loader.load_state_dict(state)
         first = state["batch"]
@@ -395,7 +406,7 @@ class Trainer:
             kept = (f"the last good checkpoint is kept ({self.out / 'last.pt'}, epoch {epoch})"
                     if (self.out / "last.pt").exists() else "no checkpoint was written yet")
             raise TrainingError(f"loss became nan or inf in epoch {epoch + 1}; {kept}; try a lower --lr or --no-amp")
-        return sums.stats(loader.wait_seconds, seconds)
+        return {**sums.stats(loader.wait_seconds, seconds), "res": self.transform.train_size}
 
     def _save_interrupted(self, epoch: int, sums: EpochSums, seconds: float) -> None:
         """Write ``interrupted.pt`` at the loader's position inside ``epoch`` (every rank calls it)."""
@@ -414,7 +425,8 @@ class Trainer:
 
 def _write_metrics(out: Path, history: list[dict]) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0].keys()))
+    # every key of every row, in first-seen order: a run resumed from an older checkpoint adds columns
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
     w.writeheader()
     w.writerows(history)
     write_text(out / "metrics.csv", buf.getvalue())

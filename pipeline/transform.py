@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -14,6 +16,11 @@ class DeviceTransform:
     resized crop) and a shift of up to 8% of the side, reflection-padded.
     Its random numbers come from a CPU generator seeded once, so a run is
     reproducible and the state can be checkpointed.
+
+    Progressive resizing: with ``train_size`` set below the stored side,
+    training batches (``augment=True``) are first downsampled to it with an
+    antialiased bilinear resize (one pass over the whole batch), then
+    augmented at that size; validation batches stay at the stored side.
 
     Args:
         mean, std: per-channel statistics in [0, 1] (from the manifest).
@@ -38,11 +45,17 @@ class DeviceTransform:
         self.shift = (mean / std).view(1, 3, 1, 1).to(device)
         self.channels_last = channels_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.train_size: Optional[int] = None  # side of training batches (None: as stored); the trainer sets it
 
     def __call__(self, x: torch.Tensor, augment: bool = False) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: channels_last for free
         x = x.float() if self.channels_last else x.contiguous().float()
         x = x.mul_(self.scale).sub_(self.shift)
+        if augment and self.train_size and self.train_size != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x, size=(self.train_size, self.train_size), mode="bilinear",
+                                                antialias=True, align_corners=False)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         if augment and self.policy is not None:
             x = self._augment(x) if self.policy == "flip-crop" else self.policy(x)
         return x
