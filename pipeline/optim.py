@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .config import OptimConfig
+from .config import RES_STEP, OptimConfig
 
 
 def make_optimizer(o: OptimConfig, params, device: torch.device) -> torch.optim.Optimizer:
@@ -60,7 +60,7 @@ def res_at(o: OptimConfig, epoch: int, full: int) -> int:
     resizing"), and the early epochs learn coarse features that need no
     fine detail. Epochs before ``ramp[0] * epochs`` (rounded) train at
     ``min_res``, those from ``ramp[1] * epochs`` on at ``full``, the ones
-    between on a linear ramp rounded down to a multiple of 8. A pure
+    between on a linear ramp rounded down to a multiple of ``RES_STEP`` (8). A pure
     function of the epoch, as :func:`lr_at` is of the step: resume needs no
     state, and a run extended with ``--epochs`` rebuilds it for the new total.
     """
@@ -72,7 +72,7 @@ def res_at(o: OptimConfig, epoch: int, full: int) -> int:
     if epoch >= end:
         return full
     side = o.min_res + (full - o.min_res) * (epoch - start + 1) / (end - start + 1)
-    return max(o.min_res, int(side) // 8 * 8)
+    return max(o.min_res, int(side) // RES_STEP * RES_STEP)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, o: OptimConfig, step: int, total: int) -> None:
