@@ -201,6 +201,7 @@ class Trainer:
         self.fwd = wrap_forward(self.model, plan, ctx)
         self.history: list[dict] = []
         self.best_f1 = -1.0
+        self.val_seconds = 0.0   # validation, checkpoint and plot of the last validated epoch
         self.position = RunPosition()
         self.small_classes = small_classes(sset)
 
@@ -229,6 +230,10 @@ class Trainer:
             self.prec.scaler.load_state_dict(ckpt["scaler"])  # else a fresh scale: fp16 starts here
         set_rng_state(ckpt["rng"][self.ctx.rank], self.transform)
         self.best_f1, self.history = float(ckpt.get("best_f1", -1.0)), list(ckpt["history"])
+        for prev, row in zip([{}] + self.history, self.history):  # the budget's estimate of a validation
+            if row.get("val_f1") is not None:
+                self.val_seconds = max(0.0, float(row.get("wall_s") or 0) - float(prev.get("wall_s") or 0)
+                                       - float(row.get("seconds") or 0))
         try:
             self.position = RunPosition.from_dict(ckpt["position"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -276,11 +281,14 @@ class Trainer:
                 stats = self._train_epoch(epoch, stop, on_step)
                 if stats is None:  # stopped inside the epoch: interrupted.pt holds the position
                     raise Stopped(stop.signum)
-                self._end_epoch(epoch, stats, wall_s)
+                # decided before validating: an epoch the budget makes the run's last is validated
+                # even if it trained below the stored side, so a budgeted run always has a best.pt
+                ends = epoch + 1 < last and self._over_budget(epoch, stats, wall_s())
+                self._end_epoch(epoch, stats, wall_s, final=ends)
                 if stop.agreed(ctx, 0) and epoch + 1 < last:
                     self.say(f"interrupted after epoch {epoch + 1}; continue with --resume {self.out / 'last.pt'}")
                     raise Stopped(stop.signum)
-                if self._over_budget() and epoch + 1 < last:
+                if ends:
                     self.say(f"time budget of {self.plan.run.minutes:g} min: stopping after epoch {epoch + 1} "
                              f"(another would end past it); --resume {self.out / 'last.pt'} --epochs "
                              f"{o.epochs} continues")
@@ -292,16 +300,36 @@ class Trainer:
                 "config": self.plan.to_dict(), "model": self.model, "has_val": self.val_loader is not None,
                 "averaged": self.ema.module if self.ema is not None else None}
 
-    def _over_budget(self) -> bool:
-        """Would one more epoch (as long as the last one) end past ``run.minutes``? Decided on rank 0."""
+    def _over_budget(self, epoch: int, stats: dict, now: float) -> bool:
+        """Would the next epoch end past ``run.minutes``? Decided on rank 0 after training ``epoch``.
+
+        The next epoch is estimated from this one's training seconds, scaled by the pixels of the
+        side it trains at (progressive resizing: a 64 px epoch costs 4.2x a 32 px one, BENCHMARKS.md
+        "Time to accuracy, halved"), plus the last validation's seconds if the next one is validated
+        (this epoch's too, when it would be validated anyway).
+        """
         if not self.plan.run.minutes:
             return False
-        h = self.history
-        last = h[-1]["wall_s"] - (h[-2]["wall_s"] if len(h) > 1 else 0.0)
-        over = torch.tensor(float(h[-1]["wall_s"] + last > 60.0 * self.plan.run.minutes), device=self.ctx.device)
+        o, full = self.plan.optim, self.plan.model.image_size
+        side = res_at(o, epoch + 1, full)
+        val_s = 0.0
+        if self.val_loader is not None:
+            # none validated yet: a view's forward costs about a quarter of a training step's image
+            # (20.2 s of validation with TTA against 227.8 s of training at 64 px, 2,898 vs 16,697 images)
+            val_s = self.val_seconds or (stats["seconds"] * (full / stats["res"]) ** 2 * len(self.val_loader)
+                                         / self.steps * (0.5 if self.plan.run.tta else 0.25))
+        this_val = val_s if self._scores(epoch, stats["res"]) else 0.0
+        nxt = stats["seconds"] * (side / stats["res"]) ** 2 + (val_s if self._scores(epoch + 1, side) else 0.0)
+        over = torch.tensor(float(now + this_val + nxt > 60.0 * self.plan.run.minutes), device=self.ctx.device)
         if self.ctx.distributed:
             dd.broadcast_buffers(self.ctx, Holder(over))  # every rank stops after the same epoch
         return bool(over)
+
+    def _scores(self, epoch: int, side: int) -> bool:
+        """Is ``epoch`` (trained at ``side``) validated? Not below the stored side, except the last:
+        validation runs at the stored side, where such a model is not yet trained, and at 64 px on
+        2 CPU cores it costs about half of a 32 px epoch (BENCHMARKS.md "Time to accuracy, halved")."""
+        return side >= self.plan.model.image_size or epoch + 1 >= self.plan.optim.epochs
 
     def _validate(self, epoch: int, score: bool = True) -> dict:
         """The validated model's val loss, accuracy, macro-F1 and the long tail's macro-F1 (None without
@@ -319,15 +347,15 @@ class Trainer:
         small = accuracy_f1(val["y_true"], val["y_pred"], self.small_classes)[1] if self.small_classes else None
         return {**val, "f1_small": small}
 
-    def _end_epoch(self, epoch: int, stats: dict, wall_s: Callable[[], float]) -> None:
+    def _end_epoch(self, epoch: int, stats: dict, wall_s: Callable[[], float], final: bool = False) -> None:
         """Validate, record, checkpoint and plot one finished epoch.
 
         Epochs trained below the stored side (progressive resizing) are not
-        validated, except the last: validation runs at the stored side, where
-        such a model is not yet trained, and at 64 px on 2 CPU cores it costs
-        about half of a 32 px epoch (BENCHMARKS.md "Time to accuracy, halved").
+        validated (:meth:`_scores`), except the run's last, or ``final``: the
+        last one a time budget lets it train.
         """
-        low = stats["res"] < self.plan.model.image_size and epoch + 1 < self.plan.optim.epochs
+        low = not (final or self._scores(epoch, stats["res"]))
+        t_end = time.perf_counter()
         val = self._validate(epoch, score=not low)
         o = self.plan.optim  # lr: the schedule after the epoch (the next step's), as OneCycleLR reported it
         row = {"epoch": epoch + 1, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "val_f1": val["f1"],
@@ -347,6 +375,8 @@ class Trainer:
             from .plots import plot_curves
 
             plot_curves(self.history, self.out / "curves.png")
+        if val["f1"] is not None:  # what a validated epoch adds to its training (the budget's estimate)
+            self.val_seconds = time.perf_counter() - t_end
         v = (f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-F1 {val['f1']:.3f}" if val["f1"] is not None
              else f"not validated (trained at {stats['res']} px)" if low else "no val split")
         self.say(f"epoch {epoch + 1}/{self.plan.optim.epochs}: train loss {stats['train_loss']:.4f} "

@@ -91,6 +91,18 @@ def test_a_progressive_run_trains_each_epoch_at_its_side_and_resumes_exactly(eas
         train(easy_shards, _plan(tmp_path / "b", epochs=6, min_res=8), resume=tmp_path / "b" / "last.pt")
 
 
+def test_a_time_budget_that_ends_the_run_at_low_resolution_still_validates_and_keeps_a_best(easy_shards, tmp_path):
+    said = []
+    plan = _plan(tmp_path / "c")
+    plan = TrainPlan(plan.model, plan.optim, plan.loader, RunConfig(seed=0, device="cpu", out=str(tmp_path / "c"),
+                                                                    minutes=1e-4))
+    r = train(easy_shards, plan, say=said.append)
+    # stopped after epoch 1 (16 px, which alone would not be validated): validated all the same
+    assert [h["res"] for h in r["history"]] == [16] and r["history"][0]["val_f1"] is not None
+    assert r["best"]["epoch"] == 1 and (tmp_path / "c" / "best.pt").is_file()
+    assert any("time budget" in m and "stopping after epoch 1" in m for m in said)
+
+
 def test_cli_refuses_min_res_for_a_notebook_network_in_one_line(easy_shards, tmp_path):
     r = CliRunner().invoke(cli.main, ["train", "--shards", str(easy_shards), "--model", "cnn4conv",
                                       "--min-res", "16", "--out", str(tmp_path / "run")])
