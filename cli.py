@@ -51,6 +51,26 @@ class Bounded(click.ParamType):
         return v
 
 
+class Widths(click.ParamType):
+    """Four channel counts, comma-separated (``32,48,96,192``), each in the ``width`` range."""
+
+    name = "widths"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).split(",")
+        rng = pconfig.RANGES["width"]
+        try:
+            widths = tuple(int(p) for p in parts)
+        except ValueError:
+            widths = ()
+        if len(widths) != 4 or not all(rng.holds(w) for w in widths):
+            self.fail(f"{value!r} is not 4 comma-separated whole numbers in {rng.text()} "
+                      f"(the stem and three stages, e.g. 32,64,128,256)", param, ctx)
+        return widths
+
+
 SIZE = Bounded("size")   # and a multiple of 16: config.check_image_size, one rule for every stage
 
 
@@ -227,7 +247,8 @@ def verify(out: Path) -> None:
 # What --resume takes from the checkpoint (parameter -> pipeline.resume.RECIPE_KEYS name); a value
 # given with it must equal the checkpoint's.
 RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-                  "augment": "augment", "balance": "balance", "tta": "tta", "ema": "ema", "min_res": "min_res"}
+                  "augment": "augment", "balance": "balance", "tta": "tta", "ema": "ema", "min_res": "min_res",
+                  "widths": "widths"}
 
 
 @main.command()
@@ -262,6 +283,9 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
               help="Progressive resizing: the first epochs train at this side (px, a multiple of 8), "
                    "downsampled on the device, ramping up to the shards' side (0: off; resnet only; validation "
                    "stays at the shards' side) [default: recipe's].")
+@click.option("--widths", type=Widths(), default=None,
+              help="resnet's channels, stem and three stages, e.g. 32,64,128,256 (the network's own, 1.9 M "
+                   "parameters) [default: recipe's: 32,48,96,192].")
 @click.option("--minutes", type=Bounded("minutes"), default=0.0,
               help="Wall-time budget: stop before an epoch that would end past it (0: none).")
 @click.option("--tta/--no-tta", default=None,
@@ -277,7 +301,7 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
               help="Continue a run exactly from its last.pt or interrupted.pt (model and recipe come from it).")
 @click.pass_context
 def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment,
-          balance, ema, min_res, minutes, tta, compile_, exact, sync_bn, out, resume) -> None:
+          balance, ema, min_res, widths, minutes, tta, compile_, exact, sync_bn, out, resume) -> None:
     """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
 
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
@@ -304,7 +328,7 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
         plan = make_plan(model_name, recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment,
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
                          compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes, ema=ema,
-                         min_res=min_res)
+                         min_res=min_res, widths=widths)
     summary = run(shards, plan, resume=resume, progress=True, say=click.echo, checkpoint=ckpt)
     best = summary["best"]
     if summary["rank"] != 0:

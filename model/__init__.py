@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 from torch import nn
 
 from pipeline.config import check_image_size
@@ -23,7 +25,8 @@ NOTEBOOK_RECIPES = {
 }
 
 
-def create_model(name: str, *, num_classes: int = 42, image_size: int = 128) -> nn.Module:
+def create_model(name: str, *, num_classes: int = 42, image_size: int = 128,
+                 widths: Optional[Sequence[int]] = None) -> nn.Module:
     """Build a reference network.
 
     Args:
@@ -31,15 +34,25 @@ def create_model(name: str, *, num_classes: int = 42, image_size: int = 128) -> 
         num_classes: output logits.
         image_size: input side in pixels; a multiple of 16 (both flatten
             sizes are computed from it).
+        widths: ``resnet`` only: channels of the stem and three stages
+            (None: :data:`model.resnet.WIDTHS`; the default recipe trains
+            ``pipeline.config.RESNET_WIDTHS``).
 
     Raises:
-        ValueError: unknown name, or a size that is not a multiple of 16.
+        ValueError: unknown name, a size that is not a multiple of 16, or
+            widths for a network that has its own.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     check_image_size(image_size)   # one size rule for every stage (a ConfigError is a ValueError)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if widths:
+        if name != "resnet":
+            raise ValueError(f"widths are resnet's; {name} is a notebook's network with its own")
+        if not isinstance(widths, (list, tuple)) or len(widths) != 4 or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise ValueError(f"widths must be 4 positive channel counts (stem and three stages), got {widths}")
+        return ResNetS(num_classes=num_classes, image_size=image_size, widths=tuple(widths))
     return MODELS[name](num_classes=num_classes, image_size=image_size)
 
 

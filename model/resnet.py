@@ -14,6 +14,9 @@ Pooling comes first in each stage, so the widening conv runs at the lower
 resolution (a third of the multiply-adds of pooling after it). With the
 default widths 32-64-128-256 it has 1.9 M parameters at 27 classes, at any
 input size (the head sees a pooled vector, so 64 and 128 px share weights).
+The default recipe trains it narrower, 32-48-96-192 (1.1 M parameters,
+1.8x the images a second on a 2-core CPU; BENCHMARKS.md "A narrower
+network, longer").
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ class ResNetS(nn.Module):
     Args:
         num_classes: output logits.
         image_size: input side in pixels, a multiple of 16 (any works; 64 is the tuned one).
-        widths: channels of the stem and the three stages.
+        widths: channels of the stem and the three stages (four numbers).
         dropout: before the linear head.
     """
 

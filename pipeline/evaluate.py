@@ -62,7 +62,9 @@ class Classifier:
         mcfg = ckpt["config"]["model"]
         try:
             check_image_size(mcfg["image_size"])
-            model = create_model(mcfg["name"], num_classes=mcfg["num_classes"], image_size=mcfg["image_size"])
+            # a checkpoint saved before widths were a field holds the network's own (model.resnet.WIDTHS)
+            model = create_model(mcfg["name"], num_classes=mcfg["num_classes"], image_size=mcfg["image_size"],
+                                 widths=mcfg.get("widths") or None)
         except ValueError as exc:
             raise CheckpointError(f"not a checkpoint of this tool: {path} ({exc})") from None
         load_weights(model, ckpt, path, averaged=True)

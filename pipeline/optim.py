@@ -99,7 +99,7 @@ class WeightEma:
         decay: the largest per-step decay (0.995: about the last 200 steps).
             Below it the warm-up governs: (1 + n) / (10 + n) reaches 0.995
             only at update 1,790, so for most of a run of that length (the
-            default's 15 epochs of 131 steps on simpsons-real-80 are 1,965)
+            default's 20 epochs of 131 steps on simpsons-real-80 are 2,620)
             the average covers about the last tenth of the steps so far,
             whatever ``decay`` is.
     """

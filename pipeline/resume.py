@@ -23,7 +23,7 @@ class TrainingError(UserError):
 
 # What a resumed run must share with its checkpoint (the rest, such as the
 # device, workers, cache, precision and output folder, may change).
-_SAME_ON_RESUME = {"model": ("name",), "optim": ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing",
+_SAME_ON_RESUME = {"model": ("name", "widths"), "optim": ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing",
                                                    "ema", "min_res", "ramp"),
                    "loader": ("batch_size", "augment", "balance", "seed"), "run": ("seed", "recipe", "tta")}
 
@@ -105,7 +105,7 @@ def check_out(out: Path, resume: Optional[Path], shards: Optional[Path] = None) 
 RECIPE_KEYS = {"model": ("model", "name"), "recipe": ("run", "recipe"), "batch_size": ("loader", "batch_size"),
                "lr": ("optim", "lr"), "seed": ("run", "seed"), "augment": ("loader", "augment"),
                "balance": ("loader", "balance"), "tta": ("run", "tta"), "ema": ("optim", "ema"),
-               "min_res": ("optim", "min_res")}
+               "min_res": ("optim", "min_res"), "widths": ("model", "widths")}
 
 
 def check_given(ckpt: dict, resume: Path, given: dict) -> None:
@@ -119,6 +119,8 @@ def check_given(ckpt: dict, resume: Path, given: dict) -> None:
     for name, value in given.items():
         part, key = RECIPE_KEYS[name]
         had = cfg.get(part, {}).get(key)
+        if isinstance(had, (list, tuple)) and isinstance(value, (list, tuple)):
+            had, value = list(had), list(value)   # a checkpoint's config may hold a list where we have a tuple
         same = had == value or (isinstance(had, (int, float)) and isinstance(value, (int, float))
                                 and float(had) == float(value))
         if not same:

@@ -119,7 +119,8 @@ def build_model(plan: TrainPlan, ctx: dd.DistContext) -> nn.Module:
     """
     mcfg, device = plan.model, ctx.device
     torch.manual_seed(plan.run.seed)
-    model = create_model(mcfg.name, num_classes=mcfg.num_classes, image_size=mcfg.image_size)
+    model = create_model(mcfg.name, num_classes=mcfg.num_classes, image_size=mcfg.image_size,
+                         widths=mcfg.widths or None)
     torch.manual_seed(plan.run.seed + 1_000_003 * ctx.rank)
     if plan.run.sync_bn:
         if device.type != "cuda":

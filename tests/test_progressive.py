@@ -111,3 +111,60 @@ def test_cli_refuses_min_res_for_a_notebook_network_in_one_line(easy_shards, tmp
     r = CliRunner().invoke(cli.main, ["train", "--shards", str(easy_shards), "--min-res", "12",
                                       "--out", str(tmp_path / "run")])
     assert r.exit_code != 0 and "multiple of 8" in r.output and "Traceback" not in r.output
+
+
+def test_the_default_recipe_trains_the_narrow_resnet_for_20_epochs_and_widths_are_checked():
+    plan = make_plan("resnet")
+    assert plan.model.widths == (32, 48, 96, 192) and plan.optim.epochs == 20
+    assert [res_at(plan.optim, e, 64) for e in range(20)] == [32] * 9 + [40, 48, 56] + [64] * 8
+    assert make_plan("resnet", widths=(32, 64, 128, 256)).model.widths == (32, 64, 128, 256)
+    assert make_plan("bart").model.widths == () and make_plan("bart").optim.epochs == 15
+    assert ModelConfig(name="resnet", widths=[8, 8, 16, 16]) == ModelConfig(name="resnet", widths=(8, 8, 16, 16))
+    with pytest.raises(ConfigError, match="resnet's.*drop --widths"):
+        make_plan("cnn4conv", widths=(8, 8, 8, 8))
+    for bad in ((8, 8, 16), (8, 8, 16, 0), "8,8,16,16"):
+        with pytest.raises(ConfigError, match="widths|width"):
+            ModelConfig(name="resnet", widths=bad)
+
+
+def test_a_run_with_other_widths_saves_them_and_evaluates_and_resumes_with_them(easy_shards, tmp_path):
+    from model import count_parameters, create_model
+    from pipeline.evaluate import Classifier
+
+    p = _plan(tmp_path / "w", epochs=2)
+    plan = TrainPlan(ModelConfig(name="resnet", widths=(8, 8, 16, 16)), p.optim, p.loader, p.run)
+    train(easy_shards, plan, stop_after=1)
+    ckpt = torch.load(tmp_path / "w" / "last.pt", weights_only=True)
+    assert list(ckpt["config"]["model"]["widths"]) == [8, 8, 16, 16]
+    clf = Classifier.from_checkpoint(tmp_path / "w" / "last.pt", device="cpu")
+    assert count_parameters(clf.model) == count_parameters(create_model("resnet", num_classes=4, image_size=32,
+                                                                        widths=(8, 8, 16, 16)))
+    # a resume must train the same network: other widths are refused, naming the field
+    other = TrainPlan(ModelConfig(name="resnet", widths=(8, 8, 16, 32)), p.optim, p.loader, p.run)
+    with pytest.raises(TrainingError, match="widths"):
+        train(easy_shards, other, resume=tmp_path / "w" / "last.pt")
+    done = train(easy_shards, plan, resume=tmp_path / "w" / "last.pt")
+    assert len(done["history"]) == 2 and (tmp_path / "w" / "best.pt").is_file()
+    # the command line: --widths given with --resume must be the checkpoint's
+    r = CliRunner().invoke(cli.main, ["train", "--resume", str(tmp_path / "w" / "last.pt"), "--widths", "8,8,16,32"])
+    assert r.exit_code == 1 and "--widths" in r.output and "drop --widths" in r.output
+
+
+def test_a_checkpoint_saved_before_widths_were_a_field_loads_as_the_networks_own(easy_shards, tmp_path):
+    from pipeline.checkpoint import CheckpointError
+    from pipeline.evaluate import Classifier
+
+    train(easy_shards, _plan(tmp_path / "old", epochs=1))             # resnet with its own widths
+    narrow = _plan(tmp_path / "new", epochs=1)
+    train(easy_shards, TrainPlan(ModelConfig(name="resnet", widths=(8, 8, 16, 16)), narrow.optim, narrow.loader,
+                                 narrow.run))
+    for run, loads in (("old", True), ("new", False)):
+        ckpt = torch.load(tmp_path / run / "last.pt", weights_only=True)
+        del ckpt["config"]["model"]["widths"]
+        torch.save(ckpt, tmp_path / run / "keyless.pt")
+        if loads:
+            assert Classifier.from_checkpoint(tmp_path / run / "keyless.pt", device="cpu").model.classifier[-1] \
+                .in_features == 256
+        else:   # the field is what rebuilds the network: without it a narrow one's weights do not fit
+            with pytest.raises(CheckpointError, match="do not fit"):
+                Classifier.from_checkpoint(tmp_path / run / "keyless.pt", device="cpu")
