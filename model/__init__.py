@@ -50,7 +50,8 @@ def create_model(name: str, *, num_classes: int = 42, image_size: int = 128,
     if widths:
         if name != "resnet":
             raise ValueError(f"widths are resnet's; {name} is a notebook's network with its own")
-        if not isinstance(widths, (list, tuple)) or len(widths) != 4 or not all(isinstance(w, int) and w >= 1 for w in widths):
+        if (not isinstance(widths, (list, tuple)) or len(widths) != 4
+                or not all(isinstance(w, int) and w >= 1 for w in widths)):
             raise ValueError(f"widths must be 4 positive channel counts (stem and three stages), got {widths}")
         return ResNetS(num_classes=num_classes, image_size=image_size, widths=tuple(widths))
     return MODELS[name](num_classes=num_classes, image_size=image_size)

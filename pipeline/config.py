@@ -359,8 +359,8 @@ def recipe(name: str, model: str) -> tuple[OptimConfig, dict]:
         # 64 px (BENCHMARKS.md "Time to accuracy, halved").
         kw = {"batch_size": 128, "augment": True, "balance": 0.5, "tta": True}
         if model == "resnet":
-            # Time to accuracy on the real images: the narrower resnet runs an epoch in 0.55-0.6x the time
-            # and, over 20 epochs (9 at 32 px, 40/48/56 px, 8 at 64 px), reaches the previous default's
+            # Time to accuracy on the real images: the narrower resnet trains a step in 0.55x (fp32) to 0.63x
+            # (bf16) the time and, over 20 epochs (9 at 32 px, 40/48/56 px, 8 at 64 px), reaches the previous default's
             # accuracy sooner and ends with a higher macro-F1 (BENCHMARKS.md "A narrower network, longer").
             return (OptimConfig(epochs=20, ema=0.995, min_res=32, ramp=(0.4, 0.6)),
                     {**kw, "widths": RESNET_WIDTHS})

@@ -23,8 +23,8 @@ class TrainingError(UserError):
 
 # What a resumed run must share with its checkpoint (the rest, such as the
 # device, workers, cache, precision and output folder, may change).
-_SAME_ON_RESUME = {"model": ("name", "widths"), "optim": ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing",
-                                                   "ema", "min_res", "ramp"),
+_SAME_ON_RESUME = {"model": ("name", "widths"),
+                   "optim": ("optimizer", "lr", "weight_decay", "schedule", "label_smoothing", "ema", "min_res", "ramp"),
                    "loader": ("batch_size", "augment", "balance", "seed"), "run": ("seed", "recipe", "tta")}
 
 
