@@ -59,16 +59,11 @@ class Widths(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
-        parts = str(value).split(",")
-        rng = pconfig.RANGES["width"]
         try:
-            widths = tuple(int(p) for p in parts)
-        except ValueError:
-            widths = ()
-        if len(widths) != 4 or not all(rng.holds(w) for w in widths):
-            self.fail(f"{value!r} is not 4 comma-separated whole numbers in {rng.text()} "
+            return pconfig.check_widths(tuple(int(p) for p in str(value).split(",")))
+        except ValueError:   # not numbers, or a ConfigError from the one rule
+            self.fail(f"{value!r} is not 4 comma-separated whole numbers in {pconfig.RANGES['width'].text()} "
                       f"(the stem and three stages, e.g. 32,64,128,256)", param, ctx)
-        return widths
 
 
 SIZE = Bounded("size")   # and a multiple of 16: config.check_image_size, one rule for every stage

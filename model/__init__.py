@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from pipeline.config import check_image_size
+from pipeline.config import check_image_size, check_widths
 
 from .bart import BART
 from .cnn4conv import CNN4Conv
@@ -47,13 +47,9 @@ def create_model(name: str, *, num_classes: int = 42, image_size: int = 128,
     check_image_size(image_size)   # one size rule for every stage (a ConfigError is a ValueError)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    widths = check_widths(widths, name)   # the config's rule (a ConfigError is a ValueError)
     if widths:
-        if name != "resnet":
-            raise ValueError(f"widths are resnet's; {name} is a notebook's network with its own")
-        if (not isinstance(widths, (list, tuple)) or len(widths) != 4
-                or not all(isinstance(w, int) and w >= 1 for w in widths)):
-            raise ValueError(f"widths must be 4 positive channel counts (stem and three stages), got {widths}")
-        return ResNetS(num_classes=num_classes, image_size=image_size, widths=tuple(widths))
+        return ResNetS(num_classes=num_classes, image_size=image_size, widths=widths)
     return MODELS[name](num_classes=num_classes, image_size=image_size)
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .config import ConfigError, LoaderConfig, ModelConfig, OptimConfig, from_dict
 from .errors import UserError, atomic_write
 
 FORMAT = "simpsons-shards-checkpoint-2"
@@ -128,6 +129,11 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
             _need(isinstance(ckpt["epoch"], int) and isinstance(ckpt["history"], list), path, "no epoch")
             _need(isinstance(ckpt["rng"], list) and all(isinstance(r, dict) for r in ckpt["rng"]), path,
                   "no RNG states")
+            try:   # the plan a resume continues: each value in its range, checked where the file is named
+                for cls, key in ((ModelConfig, "model"), (OptimConfig, "optim"), (LoaderConfig, "loader")):
+                    from_dict(cls, cfg[key])
+            except ConfigError as exc:
+                raise _foreign(path, f"its {key} config: {exc}") from None
     except (KeyError, TypeError) as exc:
         raise _foreign(path, f"lacks {exc}") from None
     ckpt.setdefault("position", {"epoch": ckpt.get("epoch", -1) + 1, "step": 0, "sums": None})

@@ -232,16 +232,21 @@ class ModelConfig:
     widths: tuple = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.widths, (list, tuple)):
-            raise ConfigError(f"widths must be a list of 4 channel counts, got {self.widths!r}")
-        object.__setattr__(self, "widths", tuple(self.widths))  # a checkpoint's config holds a list
-        if self.widths and len(self.widths) != 4:
-            raise ConfigError(f"widths must be 4 channel counts (the stem and three stages), got {self.widths}")
-        for w in self.widths:
-            check_range("width", w)
-        if self.widths and self.name != "resnet":
-            raise ConfigError(f"widths are resnet's; {self.name} is a notebook's network with its own: "
-                              f"drop --widths")
+        object.__setattr__(self, "widths", check_widths(self.widths, self.name))  # a checkpoint's holds a list
+
+
+def check_widths(widths, model: str = "resnet") -> tuple:
+    """``widths`` as a tuple if ``model`` takes them (resnet: 4 channel counts, stem and three
+    stages; empty: the network's own), else ConfigError. One rule for the config, the factory and
+    the command line."""
+    if not widths:
+        return ()
+    if model != "resnet":
+        raise ConfigError(f"widths are resnet's; {model} is a notebook's network with its own: drop --widths")
+    if not isinstance(widths, (list, tuple)) or len(widths) != 4 or not all(RANGES["width"].holds(w) for w in widths):
+        raise ConfigError(f"widths must be 4 positive channel counts (the stem and three stages), each a whole "
+                          f"number in {RANGES['width'].text()}, got {widths!r}")
+    return tuple(int(w) for w in widths)
 
 
 @dataclass(frozen=True)
@@ -358,13 +363,12 @@ def recipe(name: str, model: str) -> tuple[OptimConfig, dict]:
         # that pool globally (make_plan): the first 40% of the epochs at 32 px, a ramp to 60%, the rest at
         # 64 px (BENCHMARKS.md "Time to accuracy, halved").
         kw = {"batch_size": 128, "augment": True, "balance": 0.5, "tta": True}
-        if model == "resnet":
-            # Time to accuracy on the real images: the narrower resnet trains a step in 0.55x (fp32) to 0.63x
-            # (bf16) the time and, over 20 epochs (9 at 32 px, 40/48/56 px, 8 at 64 px), reaches the previous default's
-            # accuracy sooner and ends with a higher macro-F1 (BENCHMARKS.md "A narrower network, longer").
-            return (OptimConfig(epochs=20, ema=0.995, min_res=32, ramp=(0.4, 0.6)),
-                    {**kw, "widths": RESNET_WIDTHS})
-        return OptimConfig(epochs=15, ema=0.995, min_res=32, ramp=(0.4, 0.6)), kw
+        # Time to accuracy on the real images: the narrower resnet trains a step in 0.55x (fp32) to 0.63x
+        # (bf16) the time and, over 20 epochs (9 at 32 px, 40/48/56 px, 8 at 64 px), reaches the previous
+        # default's accuracy sooner and ends with a higher macro-F1 (BENCHMARKS.md "A narrower network, longer").
+        resnet = model == "resnet"
+        return (OptimConfig(epochs=20 if resnet else 15, ema=0.995, min_res=32, ramp=(0.4, 0.6)),
+                {**kw, "widths": RESNET_WIDTHS} if resnet else kw)
     raise ConfigError(f"unknown recipe {name!r}; choose one of {RECIPES}")
 
 

@@ -64,7 +64,7 @@ class Classifier:
             check_image_size(mcfg["image_size"])
             # a checkpoint saved before widths were a field holds the network's own (model.resnet.WIDTHS)
             model = create_model(mcfg["name"], num_classes=mcfg["num_classes"], image_size=mcfg["image_size"],
-                                 widths=mcfg.get("widths") or None)
+                                 widths=mcfg.get("widths"))
         except ValueError as exc:
             raise CheckpointError(f"not a checkpoint of this tool: {path} ({exc})") from None
         load_weights(model, ckpt, path, averaged=True)

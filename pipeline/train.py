@@ -120,7 +120,7 @@ def build_model(plan: TrainPlan, ctx: dd.DistContext) -> nn.Module:
     mcfg, device = plan.model, ctx.device
     torch.manual_seed(plan.run.seed)
     model = create_model(mcfg.name, num_classes=mcfg.num_classes, image_size=mcfg.image_size,
-                         widths=mcfg.widths or None)
+                         widths=mcfg.widths)
     torch.manual_seed(plan.run.seed + 1_000_003 * ctx.rank)
     if plan.run.sync_bn:
         if device.type != "cuda":

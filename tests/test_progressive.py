@@ -168,3 +168,14 @@ def test_a_checkpoint_saved_before_widths_were_a_field_loads_as_the_networks_own
         else:   # the field is what rebuilds the network: without it a narrow one's weights do not fit
             with pytest.raises(CheckpointError, match="do not fit"):
                 Classifier.from_checkpoint(tmp_path / run / "keyless.pt", device="cpu")
+
+
+def test_a_checkpoint_whose_config_is_out_of_range_is_refused_naming_the_file(easy_shards, tmp_path):
+    from pipeline.checkpoint import CheckpointError, load_checkpoint
+
+    train(easy_shards, _plan(tmp_path / "t", epochs=1))
+    ckpt = torch.load(tmp_path / "t" / "last.pt", weights_only=True)
+    ckpt["config"]["model"]["widths"] = "abc"
+    torch.save(ckpt, tmp_path / "t" / "tampered.pt")
+    with pytest.raises(CheckpointError, match="tampered.pt.*model config: widths"):
+        load_checkpoint(tmp_path / "t" / "tampered.pt", for_resume=True)
