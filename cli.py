@@ -195,12 +195,12 @@ def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, com
         click.echo(f"  ... and {len(m['skipped']) - 10} more")
     if m["single_image_classes"]:
         click.echo(f"classes of one image or one group (train only): {', '.join(m['single_image_classes'])}")
-    _split_summary(m["split"], out)
+    _split_summary(m["split"], out, m.get("placed_before", 0))
     click.echo(f"{m['files_found']} files in {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s, "
                f"{m['workers']} workers)")
 
 
-def _split_summary(sp: dict, out: Path) -> None:
+def _split_summary(sp: dict, out: Path, placed_before: int = 0) -> None:
     """What preprocess says of its split: groups, cross-class groups, fall-backs, the most uneven classes."""
     click.echo(f"near-duplicates (within {sp['near_dup']} bits): {sp['images_in_groups']} images in {sp['groups']} "
                f"groups (largest {sp['largest_group']}), each group on one side; val share {sp['val_share']:.1%}")
@@ -219,6 +219,13 @@ def _split_summary(sp: dict, out: Path) -> None:
                    f"{f['split']}: {f['why']}")
     if len(sp["fallbacks"]) > 5:
         click.echo(f"  ... and {len(sp['fallbacks']) - 5} more")
+    if placed_before:
+        kept = sp.get("kept", [])
+        click.echo(f"{placed_before} images kept the side they had in the set; {len(kept)} group(s) placed "
+                   f"otherwise than a build from scratch would (split.kept in {out}/manifest.json)")
+        for k in kept[:5]:
+            click.echo(f"  {k['paths'][0]}{' (+%d)' % (len(k['paths']) - 1) if len(k['paths']) > 1 else ''} -> "
+                       f"{k['split']}: {k['why']}")
     worst = ", ".join(f"{d['class']} {d['val_share']:.0%} of {d['images']}" for d in sp["class_val_share_deviation"])
     click.echo(f"val share furthest from --val-frac: {worst}")
 

@@ -54,10 +54,10 @@ from .discover import DatasetError, Discovery, discover
 from .errors import UserError, disk_errors, expect_folder
 from .env import cpu_count, environment
 from .neardup import dhash, group
-from .reuse import (JOURNAL, STAGING, ReuseIndex, RowJournal, drop_resume, journaled, keep_for_resume,
+from .reuse import (JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume, journaled, keep_for_resume,
                     pixel_options, resume_pairs, row_crc)
 from .shard_commit import SetUpdate, older_manifest
-from .split import SPLIT_RULE, content_split, shard_plan
+from .split import COMPATIBLE_RULES, SPLIT_RULE, content_split, shard_plan
 
 logger = logging.getLogger(__name__)
 
@@ -354,8 +354,11 @@ def split_report(items: Items, keep: np.ndarray, groups, split, class_counts: di
         classes = sorted({items.classes[labels[p]] for p in members[int(g)]})
         if len(classes) > 1:
             cross.append({"classes": classes, "paths": [items.names[keep[p]] for p in members[int(g)]]})
-    fallbacks = [{"paths": [items.names[keep[p]] for p in pos], "split": where, "why": why}
-                 for pos, where, why in split.fallbacks]
+
+    def placed(groups_placed):
+        return [{"paths": [items.names[keep[p]] for p in pos], "split": where, "why": why}
+                for pos, where, why in groups_placed]
+
     deviation = []
     for c, name in enumerate(items.classes):
         n = class_counts["train"][c] + class_counts["val"][c]
@@ -372,14 +375,15 @@ def split_report(items: Items, keep: np.ndarray, groups, split, class_counts: di
         "images_in_groups": int(sizes[multi].sum()),
         "largest_group": int(sizes.max()) if len(sizes) else 0,
         "cross_class_groups": cross,
-        "fallbacks": fallbacks,
+        "fallbacks": placed(split.fallbacks),
+        "kept": placed(split.kept),
         "val_share": round(sum(class_counts["val"]) / max(total, 1), 4),
         "class_val_share_deviation": deviation[:5],
     }
 
 
 def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool, hashes, reasons, phashes,
-                     stats: np.ndarray, progress: bool, timings: dict) -> dict:
+                     stats: np.ndarray, progress: bool, timings: dict, prior: Optional[dict] = None) -> dict:
     """Dedup, group, split, take the statistics and write every shard into ``out``: the manifest."""
     labels_all = np.array(items.labels, dtype=np.int64)
     skipped = [{"path": rel, "reason": why} for rel, why in items.skipped]
@@ -404,7 +408,7 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
     groups = group(phashes[keep], cfg.near_dup)
     timings["group_s"] = time.perf_counter() - t0
     split = content_split([hashes[i] for i in keep], labels_all[keep], groups.labels, num_classes,
-                          cfg.val_frac, cfg.seed)
+                          cfg.val_frac, cfg.seed, None if prior is None else [prior.get(hashes[i]) for i in keep])
     splits = {"train": keep[split.train], "val": keep[split.val]}
     t = time.perf_counter()
     timings["split_s"] = t - t0 - timings["group_s"]
@@ -446,6 +450,7 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
         "skipped": skipped,
         "duplicates": duplicates,
         "split": split_report(items, keep, groups, split, class_counts, cfg),
+        "placed_before": split.placed_before,   # images whose side the committed set decided (rule 3)
         "mean": mean.tolist(),
         "std": std.tolist(),
         "shards": entries,
@@ -453,8 +458,10 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
 
 
 def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[int], progress: bool,
-           t0: float, reuse: Optional[ReuseIndex] = None) -> tuple[dict, dict]:
+           t0: float, reuse: Optional[ReuseIndex] = None, prior: Optional[dict] = None) -> tuple[dict, dict]:
     """Decode (or reuse), split and write every shard into ``build``: (the manifest to commit, the work done).
+
+    ``prior`` (SHA-256 -> was val) holds the committed set's sides, which the split keeps (rule 3).
 
     The staging file and the row journal stay in ``build`` when this fails:
     the caller keeps them for the next run (:func:`pipeline.reuse.keep_for_resume`).
@@ -476,7 +483,8 @@ def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[i
                                                                                           cfg.size, journal)
         timings["decode_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
-        manifest = _split_and_write(items, cfg, build, pool, hashes, reasons, phashes, stats, progress, timings)
+        manifest = _split_and_write(items, cfg, build, pool, hashes, reasons, phashes, stats, progress, timings,
+                                    prior)
     finally:
         journal.close()
         if pool is not None:
@@ -498,7 +506,7 @@ def _stale_reason(out: Path, manifest: Optional[dict], fingerprint: str, options
         if older is None:
             return "no complete set"
         manifest = {"split_rule": older.get("split_rule", 1)}
-    if manifest.get("split_rule") != SPLIT_RULE:
+    if manifest.get("split_rule") not in COMPATIBLE_RULES:
         return (f"the split rule changed (rule {manifest.get('split_rule', 1)} -> {SPLIT_RULE}: near-duplicates "
                 f"kept on one side, each image placed by its own content)")
     if manifest.get("fingerprint") != fingerprint:
@@ -540,8 +548,9 @@ def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str
         if rebuilding:
             logger.warning("%s: rebuilding the shard set (%s)", out, reason)
         reuse = None if force else _reuse_index(out, update.manifest, options, cfg)
+        prior = _prior_sides(out, update.manifest, cfg)
         try:
-            manifest, work = _build(items, cfg, update.start(), workers, progress, t0, reuse)
+            manifest, work = _build(items, cfg, update.start(), workers, progress, t0, reuse, prior)
         except BaseException:   # Ctrl-C, a full disk, a bug: the set is untouched, the decoded rows kept
             if journaled(update.build / JOURNAL):
                 logger.warning("%s: the images decoded so far are kept; preprocess into it again continues "
@@ -553,6 +562,19 @@ def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str
     logger.info("preprocess: %d samples -> %s in %.1f s (%d decoded, %d reused, %d removed)", len(items.names),
                 out, manifest["timings"]["total_s"], work["decoded"], work["reused"], work["removed"])
     return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None, "work": work}
+
+
+def _prior_sides(out: Path, manifest: Optional[dict], cfg: PreprocessConfig) -> Optional[dict]:
+    """The committed set's sides, which this build keeps (split rule 3), when it was split with this
+    seed and val share; None (a split from scratch) when there is no set or the user asked for another split."""
+    if manifest is None or manifest.get("split_rule") not in COMPATIBLE_RULES:
+        return None   # no set, or one split under rule 1: its rebuild says why the split is drawn anew
+    options = manifest.get("options", {})
+    if options.get("seed") != cfg.seed or options.get("val_frac") != cfg.val_frac:
+        logger.warning("%s: the split is drawn anew (--seed or --val-frac differ from the set's): images may move "
+                       "between train and val", out)
+        return None
+    return committed_sides(out, manifest)
 
 
 def _reuse_index(out: Path, manifest: Optional[dict], options: dict, cfg: PreprocessConfig) -> ReuseIndex:

@@ -182,6 +182,27 @@ class ReuseIndex:
         return phash if crc == NO_CRC or row_crc(out) == crc else None
 
 
+def committed_sides(root: Path, manifest: dict) -> dict[str, bool]:
+    """SHA-256 -> whether it is val, for every row of the committed set: the split's ``prior``
+    (:func:`pipeline.split.content_split`, rule 3). A shard that cannot be read is left out, with
+    a warning: its images are then placed as new ones."""
+    sides: dict[str, bool] = {}
+    for e in manifest.get("shards", []):
+        name = str(e.get("file", ""))
+        if not sf.SHARD_NAME.match(name) or e.get("split") not in sf.SPLITS:
+            continue
+        try:
+            with h5py.File(Path(root) / name, "r") as f:
+                digests = f["hashes"][...]
+        except (OSError, KeyError) as exc:
+            logger.warning("%s: cannot read its images' sides (%s); they are placed as new images", Path(root) / name,
+                           exc)
+            continue
+        is_val = e["split"] == "val"
+        sides.update((d.decode("ascii", "replace"), is_val) for d in digests)
+    return sides
+
+
 def journaled(journal: Path) -> bool:
     """Whether a build's row journal names at least one row (its header and one line; read no further)."""
     try:

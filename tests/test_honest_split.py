@@ -72,7 +72,7 @@ def test_planted_near_duplicates_land_in_one_split_and_cross_class_groups_are_re
     for g in groups:
         assert len({where[p] for p in g}) == 1, g                   # ...but each one whole
     sp = m["split"]
-    assert sp["rule"] == 2 and sp["near_dup"] == 6 and sp["groups"] >= len(groups)
+    assert sp["rule"] == 3 and sp["near_dup"] == 6 and sp["groups"] >= len(groups)
     assert sp["images_in_groups"] >= sum(len(g) for g in groups)
     assert {"classes": ["bart", "homer"], "paths": ["bart/shared_frame.jpg", "homer/s0065.jpg"]} \
         in sp["cross_class_groups"]
@@ -157,5 +157,5 @@ def test_a_set_built_under_the_old_split_rule_is_rebuilt_with_that_reason(tmp_pa
     del m["split_rule"]
     (out / "manifest.json").write_text(json.dumps(m))
     again = preprocess(root, out, PreprocessConfig(size=32), workers=1)
-    assert "split rule changed (rule 1 -> 2" in again["rebuilt_because"]
-    assert sf.read_manifest(out)["split_rule"] == 2 and sf.verify(out) == []
+    assert "split rule changed (rule 1 -> 3" in again["rebuilt_because"]
+    assert sf.read_manifest(out)["split_rule"] == 3 and sf.verify(out) == []
