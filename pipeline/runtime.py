@@ -31,6 +31,16 @@ def resolve_device(name) -> torch.device:
     return torch.device(name)
 
 
+def peak_memory_mb(device: torch.device) -> dict:
+    """``{"peak_gpu_mb": ...}``, the CUDA allocator's high-water mark since the last call, then reset
+    (host-side counters: no device sync); ``{}`` off CUDA, so CPU runs' rows are unchanged."""
+    if device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
+    torch.cuda.reset_peak_memory_stats(device)
+    return {"peak_gpu_mb": round(peak, 1)}
+
+
 def amp_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:
     """The autocast dtype, or None for fp32.
 

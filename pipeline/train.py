@@ -39,7 +39,7 @@ from .transform import DeviceTransform
 from .metrics import accuracy_f1, evaluate_batches
 from .optim import WeightEma, lr_at, make_optimizer, res_at, set_lr
 from .resume import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via pipeline.train)
-from .runtime import Precision, configure_cuda, resolve_device
+from .runtime import Precision, configure_cuda, peak_memory_mb, resolve_device
 from .shard_format import ShardSet, open_set
 from . import steploop
 from .steploop import EpochSums, Holder, NanCheck, RunPosition, Stopped, StopRequest
@@ -274,6 +274,7 @@ class Trainer:
         if ctx.is_main:
             write_text(self.out / "config.json", json.dumps({
                 **self.plan.to_dict(), "shards": str(self.sset.root), "world_size": ctx.world_size,
+                "precision": self.prec.name,
                 "shards_fingerprint": self.sset.manifest.get("fingerprint")}, indent=2) + "\n")
         start = self.position.epoch
         last = o.epochs if stop_after is None else min(o.epochs, start + stop_after)
@@ -437,7 +438,7 @@ class Trainer:
             kept = (f"the last good checkpoint is kept ({self.out / 'last.pt'}, epoch {epoch})"
                     if (self.out / "last.pt").exists() else "no checkpoint was written yet")
             raise TrainingError(f"loss became nan or inf in epoch {epoch + 1}; {kept}; try a lower --lr or --no-amp")
-        return {**sums.stats(loader.wait_seconds, seconds), "res": self.transform.train_size}
+        return {**sums.stats(loader.wait_seconds, seconds), "res": self.transform.train_size, **peak_memory_mb(dev)}
 
     def _save_interrupted(self, epoch: int, sums: EpochSums, seconds: float) -> None:
         """Write ``interrupted.pt`` at the loader's position inside ``epoch`` (every rank calls it)."""
