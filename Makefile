@@ -21,6 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
+	# the stages' layers (.importlinter): no circle, no import that runs back up
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # The main job on the embedded default data: look-alike set, shards, a short training run.

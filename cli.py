@@ -20,8 +20,8 @@ from pathlib import Path
 
 import click
 
-from pipeline import config as pconfig
-from pipeline.errors import UserError
+from pipeline.common import config as pconfig
+from pipeline.common.errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -33,7 +33,7 @@ DEVICES = click.Choice(list(pconfig.DEVICES))
 
 
 class Bounded(click.ParamType):
-    """A number in the named option's range (``pipeline.config.RANGES``, where the configs check it
+    """A number in the named option's range (``pipeline.common.config.RANGES``, where the configs check it
     too): inf and nan are refused where they enter, as a usage error."""
 
     def __init__(self, option: str) -> None:
@@ -98,7 +98,7 @@ def main(verbose: int) -> None:
 @main.command()
 def info() -> None:
     """Versions, PIL backend (Pillow-SIMD?), libjpeg-turbo, CPUs and CUDA devices."""
-    from pipeline.env import environment
+    from pipeline.common.env import environment
 
     env = environment()
     click.echo(f"python        {env['python']}")
@@ -119,9 +119,9 @@ def info() -> None:
 @click.option("--workers", type=Bounded("processes"), default=None, help="Processes [default: CPU count].")
 def synth(out: Path, scale: float, seed: int, workers: int | None) -> None:
     """Generate the embedded look-alike Simpsons set (42 classes, real counts and quirks)."""
-    from pipeline.config import SynthConfig
-    from pipeline.errors import expect_folder
-    from pipeline.synth import generate
+    from pipeline.common.config import SynthConfig
+    from pipeline.common.errors import expect_folder
+    from pipeline.tools.synth import generate
 
     expect_folder(out, "--out", "pass --out with a new or empty folder")
     try:
@@ -134,9 +134,9 @@ def synth(out: Path, scale: float, seed: int, workers: int | None) -> None:
 
 def resolve_data_dir(data_dir: Path | None) -> Path:
     """The given folder, a notebook location of the real set, or the look-alike (made if absent)."""
-    from pipeline.config import SynthConfig
-    from pipeline.discover import default_data_dir
-    from pipeline.synth import generate
+    from pipeline.common.config import SynthConfig
+    from pipeline.building.discover import default_data_dir
+    from pipeline.tools.synth import generate
 
     if data_dir is not None:
         return data_dir
@@ -169,8 +169,8 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 @click.option("--force", is_flag=True, help="Rebuild even if the shards are up to date.")
 def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, compression, workers, force) -> None:
     """Decode every image once, resize in parallel, split by content, write class-balanced HDF5 shards."""
-    from pipeline.config import PreprocessConfig
-    from pipeline.preprocess import preprocess as run
+    from pipeline.common.config import PreprocessConfig
+    from pipeline.building.preprocess import preprocess as run
 
     cfg = PreprocessConfig(size=size, fit=fit, val_frac=val_frac, seed=seed, shard_mb=shard_mb,
                            compression=None if compression == "none" else compression, near_dup=near_dup)
@@ -234,8 +234,8 @@ def _split_summary(sp: dict, out: Path, placed_before: int = 0) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
 def verify(out: Path) -> None:
     """Re-check shard hashes, counts, labels and shapes; non-zero exit names the bad shard."""
-    from pipeline.shard_format import read_manifest
-    from pipeline.shard_format import verify as check
+    from pipeline.shardset.shard_format import read_manifest
+    from pipeline.shardset.shard_format import verify as check
 
     problems = check(out)
     if problems:
@@ -246,7 +246,7 @@ def verify(out: Path) -> None:
     click.echo(f"{out}: {len(m['shards'])} shards OK ({m['counts']['train']} train, {m['counts']['val']} val)")
 
 
-# What --resume takes from the checkpoint (parameter -> pipeline.resume.RECIPE_KEYS name); a value
+# What --resume takes from the checkpoint (parameter -> pipeline.training.resume.RECIPE_KEYS name); a value
 # given with it must equal the checkpoint's.
 RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
                   "augment": "augment", "balance": "balance", "tta": "tta", "ema": "ema", "min_res": "min_res",
@@ -309,12 +309,12 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
     DistributedDataParallel; --batch-size is per process.
     """
-    from pipeline.checkpoint import load_checkpoint
-    from pipeline.config import make_plan
-    from pipeline.env import default_workers
-    from pipeline.resume import check_given, resume_shards
-    from pipeline.train import resume_plan
-    from pipeline.train import train as run
+    from pipeline.training.checkpoint import load_checkpoint
+    from pipeline.common.config import make_plan
+    from pipeline.common.env import default_workers
+    from pipeline.training.resume import check_given, resume_shards
+    from pipeline.training.train import resume_plan
+    from pipeline.training.train import train as run
 
     workers = default_workers() if workers is None else workers
     ckpt = None
@@ -355,9 +355,9 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
 def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> None:
     """Accuracy, macro-F1, per-class precision/recall/F1 and a confusion matrix."""
-    from pipeline.evaluate import Classifier, evaluate_dir, evaluate_shards
+    from pipeline.inference.evaluate import Classifier, evaluate_dir, evaluate_shards
 
-    from pipeline.errors import expect_file_target, expect_folder
+    from pipeline.common.errors import expect_file_target, expect_folder
 
     out = expect_folder(out or checkpoint.parent, "--out", "pass --out with a folder for the report's files")
     json_path = json_path and expect_file_target(json_path, "--json")
@@ -384,7 +384,7 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
         click.echo(f"  confused {w['true']} -> {w['predicted']}: {w['count']} ({100 * w['share']:.0f}% of {w['true']})")
     click.echo(f"confusion matrix: {rep['confusion_matrix_png']}; per-class table: {rep['per_class_csv']}")
     if json_path:
-        from pipeline.errors import write_text
+        from pipeline.common.files import write_text
 
         write_text(json_path, json.dumps(rep, indent=2) + "\n")
 
@@ -398,10 +398,10 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
                    "argument is an image or folder).")
 def predict(paths, top_k, device, onnx_path) -> None:
     """Top-k classes with probabilities for image files or folders: CHECKPOINT PATHS..., or --onnx FILE PATHS..."""
-    from pipeline.evaluate import Classifier, predict_paths
+    from pipeline.inference.evaluate import Classifier, predict_paths
 
     if onnx_path is not None:
-        from pipeline.export import OnnxClassifier
+        from pipeline.inference.export import OnnxClassifier
 
         clf = OnnxClassifier.load(onnx_path)
     else:
@@ -429,9 +429,9 @@ def predict(paths, top_k, device, onnx_path) -> None:
               help="Shard set whose images check the export [default: the run's].")
 def export(checkpoint, out, shards) -> None:
     """Export a checkpoint to ONNX (uint8 NHWC images in, probabilities out), checked against ONNX Runtime."""
-    from pipeline.export import PROB_TOL, export_onnx
+    from pipeline.inference.export import PROB_TOL, export_onnx
 
-    from pipeline.errors import expect_file_target
+    from pipeline.common.errors import expect_file_target
 
     out = expect_file_target(out or Path(checkpoint).with_suffix(".onnx"), "--out")
     r = export_onnx(checkpoint, out, shards)
@@ -461,10 +461,10 @@ def export(checkpoint, out, shards) -> None:
               help="Write every figure, the options and the environment as JSON.")
 def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, json_path) -> None:
     """Throughput of every stage against the notebooks' way, side by side in one run."""
-    from pipeline.bench import run_bench
-    from pipeline.config import BenchConfig, check_image_size
+    from pipeline.tools.bench import run_bench
+    from pipeline.common.config import BenchConfig, check_image_size
 
-    from pipeline.errors import expect_file_target
+    from pipeline.common.errors import expect_file_target
 
     size = check_image_size(size)  # before resolve_data_dir, which may generate the look-alike set (~45 s)
     json_path = json_path and expect_file_target(json_path, "--json")
@@ -515,7 +515,7 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
             click.echo(f"   {key:<5} ({t['dtype']:<8})  {t['compute_images_per_s']:13.1f}  "
                        f"{t['end_to_end_images_per_s']:16.1f}  {100 * t['data_wait_share']:8.2f}%")
     if json_path:
-        from pipeline.errors import write_text
+        from pipeline.common.files import write_text
 
         write_text(json_path, json.dumps(r, indent=2, default=str) + "\n")
         click.echo(f"\nwrote {json_path}")

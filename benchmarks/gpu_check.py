@@ -168,8 +168,8 @@ def last_epoch(run: Path) -> dict:
 
 SYNC_DEBUG = """
 import sys
-from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
-from pipeline.train import TrainPlan, train
+from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
+from pipeline.training.train import TrainPlan, train
 plan = TrainPlan(ModelConfig(name="bart"), OptimConfig(epochs=1), LoaderConfig(cache="device"),
                  RunConfig(device=sys.argv[2], amp=True, out=sys.argv[3]))
 s = train(sys.argv[1], plan, sync_debug="error")

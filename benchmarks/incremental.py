@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.config import PreprocessConfig  # noqa: E402
-from pipeline.preprocess import preprocess  # noqa: E402
+from pipeline.common.config import PreprocessConfig  # noqa: E402
+from pipeline.building.preprocess import preprocess  # noqa: E402
 
 VARYING = ("timings", "environment", "workers")
 

@@ -11,7 +11,7 @@ spent on the perceptual hash (computed in both variants, so the ratio alone
 does not show it).
 
 Scaling part: N random 64-bit hashes with 1% planted near-copies at
-distance <= K; the time of :func:`pipeline.neardup.group` and whether every
+distance <= K; the time of :func:`pipeline.imaging.neardup.group` and whether every
 planted copy joined its original.
 """
 
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.config import PreprocessConfig  # noqa: E402
-from pipeline.neardup import group  # noqa: E402
-from pipeline.preprocess import preprocess  # noqa: E402
+from pipeline.common.config import PreprocessConfig  # noqa: E402
+from pipeline.imaging.neardup import group  # noqa: E402
+from pipeline.building.preprocess import preprocess  # noqa: E402
 
 
 def preprocess_cost(data_dir: Path, size: int, rounds: int, workers: int) -> None:

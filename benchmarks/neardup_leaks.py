@@ -10,7 +10,7 @@ of the stored pixels) and any train image's. Prints the share of val images
 within each distance.
 
 ``--sweep K ...`` pools train and val, groups them at each radius K with
-:func:`pipeline.neardup.group`, places whole groups by a uniform random
+:func:`pipeline.imaging.neardup.group`, places whole groups by a uniform random
 score (as the split rule does, seed ``--seed``) and prints the same two
 leak figures with the group statistics: how the default radius was chosen.
 """
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.neardup import dhash, group, popcount  # noqa: E402
+from pipeline.imaging.neardup import dhash, group, popcount  # noqa: E402
 
 
 def load(root: Path, manifest: dict, split: str) -> np.ndarray:

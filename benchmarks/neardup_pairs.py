@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.neardup import popcount  # noqa: E402
-from pipeline.shard_format import open_set  # noqa: E402
+from pipeline.imaging.neardup import popcount  # noqa: E402
+from pipeline.shardset.shard_format import open_set  # noqa: E402
 
 
 def load(root: Path):

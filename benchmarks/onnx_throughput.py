@@ -3,7 +3,7 @@
     python benchmarks/onnx_throughput.py [--sizes 64 128] [--batch 64] [--rounds 5]
 
 For each architecture and size: the deployable graph (uint8 NHWC in,
-normalisation inside, probabilities out; ``pipeline.export``) exported from
+normalisation inside, probabilities out; ``pipeline.inference.export``) exported from
 a randomly initialised network (speed does not depend on the weights), then
 timed in interleaved rounds of at least 1 s each: PyTorch eval (no grad,
 channels_last as ``Classifier`` runs it) and ONNX Runtime (CPU provider,
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model import create_model  # noqa: E402
-from pipeline.export import _Deployable  # noqa: E402
+from pipeline.inference.export import _Deployable  # noqa: E402
 
 
 def rate(fn, images: np.ndarray, min_s: float) -> float:

@@ -28,17 +28,17 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import shard_format as sf  # noqa: E402
-from pipeline.config import PreprocessConfig  # noqa: E402
-from pipeline.neardup import group  # noqa: E402
-from pipeline.preprocess import preprocess  # noqa: E402
-from pipeline.split import group_score  # noqa: E402
+from pipeline.shardset import shard_format  # noqa: E402
+from pipeline.common.config import PreprocessConfig  # noqa: E402
+from pipeline.imaging.neardup import group  # noqa: E402
+from pipeline.building.preprocess import preprocess  # noqa: E402
+from pipeline.building.split import group_score  # noqa: E402
 
 
 def rows(out: Path) -> dict:
     """path -> (split, sha256, dhash, label) of every stored image."""
     found = {}
-    for e in sf.read_manifest(out)["shards"]:
+    for e in shard_format.read_manifest(out)["shards"]:
         with h5py.File(out / e["file"], "r") as f:
             for p, h, d, lab in zip(f["paths"][...], f["hashes"][...], f["dhash"][...], f["labels"][...]):
                 found[p.decode()] = (e["split"], h.decode(), int(d), int(lab))

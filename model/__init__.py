@@ -6,11 +6,10 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from pipeline.config import check_image_size, check_widths
-
 from .bart import BART
 from .cnn4conv import CNN4Conv
 from .resnet import ResNetS
+from .rules import size_problem, widths_problem
 
 MODELS = {"cnn4conv": CNN4Conv, "bart": BART, "resnet": ResNetS}
 
@@ -36,7 +35,7 @@ def create_model(name: str, *, num_classes: int = 42, image_size: int = 128,
             sizes are computed from it).
         widths: ``resnet`` only: channels of the stem and three stages
             (None: :data:`model.resnet.WIDTHS`; the default recipe trains
-            ``pipeline.config.RESNET_WIDTHS``).
+            ``pipeline.common.config.RESNET_WIDTHS``).
 
     Raises:
         ValueError: unknown name, a size that is not a multiple of 16, or
@@ -44,12 +43,13 @@ def create_model(name: str, *, num_classes: int = 42, image_size: int = 128,
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    check_image_size(image_size)   # one size rule for every stage (a ConfigError is a ValueError)
+    problem = size_problem(image_size) or widths_problem(widths, name)   # every stage's rules (model.rules)
+    if problem:
+        raise ValueError(problem)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    widths = check_widths(widths, name)   # the config's rule (a ConfigError is a ValueError)
     if widths:
-        return ResNetS(num_classes=num_classes, image_size=image_size, widths=widths)
+        return ResNetS(num_classes=num_classes, image_size=image_size, widths=tuple(int(w) for w in widths))
     return MODELS[name](num_classes=num_classes, image_size=image_size)
 
 

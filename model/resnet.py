@@ -15,8 +15,8 @@ resolution (a third of the multiply-adds of pooling after it). With the
 default widths 32-64-128-256 it has 1.9 M parameters at 27 classes, at any
 input size (the head sees a pooled vector, so 64 and 128 px share weights).
 The default recipe trains it narrower, 32-48-96-192 (1.1 M parameters,
-1.6x (bf16) to 1.8x (fp32) the training images a second on a 2-core CPU;
-BENCHMARKS.md "A narrower network, longer").
+faster steps on a CPU; benchmarks/history/training.md "A narrower network,
+longer").
 """
 
 from __future__ import annotations

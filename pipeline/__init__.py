@@ -1,40 +1,31 @@
 """simpsons-shards: decode once into HDF5 shards, train at memory speed.
 
-The public API (README "Use from Python"); ``cli.py`` is a thin user of it:
+The public API (docs/python.md "Use from Python"); ``cli.py`` is a thin user of it:
 
     open_set(root) -> ShardSet          check a shard set and open it (classes, size, mean/std, counts, splits)
     ShardDataset(split)                 per-sample map-style Dataset: ds[i] -> (uint8 CHW tensor, int label)
     create_loader(split, ...)           the fast batch loader (resident or streaming, seeded, state_dict)
     DeviceTransform(mean, std, device)  normalise + augment whole batches on the device
     write_set(samples, classes, out)    build a shard set from (image, label) samples
-    make_plan(model, recipe, ...)       a training run's configuration (pipeline.train.train runs it)
+    make_plan(model, recipe, ...)       a training run's configuration (train(shards, plan) runs it)
     Classifier.from_checkpoint(path)    model + label encoder: predict / predict_proba
     export_onnx(checkpoint, out)        the classifier as ONNX (uint8 NHWC in, probabilities out), checked
+    train(shards, plan)                 run it: checkpoints, metrics, exact resume
     load_checkpoint(path)               a checked, data-only checkpoint dict
 
-Stages, one module each:
-    synth         the embedded look-alike dataset (the default a new user runs on)
-    discover      class-folder discovery and the skip rules for junk files
-    decode        one image file -> uint8 RGB square (reduced-size JPEG decode)
-    neardup       perceptual hash per stored image, near-duplicate groups
-    split         train/val split by content (whole groups) and class-interleaved shard plan
-    shard_format  the HDF5 shard format: write, open, check, verify (owner module)
-    shard_commit  a set folder's ownership and commit protocol (lock, leftovers, journal, atomic commit)
-    reuse         rows decoded before (the committed set's, an interrupted build's): incremental, resumed builds
-    preprocess    the whole preprocess stage (parallel, streaming), and write_set
-    dataset       the per-sample Dataset, and the per-process shard maps both datasets read
-    sampler       the epoch plan: seeded order, class balance, ranks
-    loader        the fast batch loader: three readers (streaming, RAM, device) behind one loader, data wait
-    transform     normalise + augment whole batches on the device
-    runtime       device choice, the AMP policy, CUDA switches
-    optim         optimizer, learning-rate schedule, moving average of the weights
-    metrics       accuracy, macro-F1, batch evaluation
-    train         the training loop (checkpoints, exact resume)
-    resume        what continuing a run needs: the checkpoint's plan, the checks before it
-    steploop      the run's position and the epoch's sums, stop at a step boundary, NaN check, sync debugging
-    evaluate      evaluate and predict
-    export        ONNX export checked against ONNX Runtime, and the exported file's classifier
-    bench         side-by-side throughput against the notebooks' way
+Stages, one package each, from the top down (each may import only the ones
+below it; ``.importlinter`` states it and ``lint-imports`` checks it):
+
+    tools       bench (side by side against the notebooks' way), synth (the look-alike set)
+    inference   evaluate, predict, export: using a trained model
+    training    a run: trainer, step loop, optimiser, checkpoint, resume, metrics, distributed, runtime, plots
+    reading     the set into batches: per-sample dataset, sampler, batch loader, device transform
+    building    a set from images: discover, split, reuse, commit, preprocess
+    shardset    the set on disk: the shard format, its manifest, open and verify
+    imaging     one image: decode, perceptual hash and near-duplicate groups
+    common      configuration, errors, files, environment
+
+``model`` (the networks) stands below them all and imports nothing of ``pipeline``.
 
 Names are imported on first use, so ``import pipeline`` (and ``cli.py
 --help``) does not import torch.
@@ -47,16 +38,17 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "open_set": "shard_format", "ShardSet": "shard_format", "ShardError": "shard_format",
-    "ShardDataset": "dataset",
-    "create_loader": "loader", "BatchLoader": "loader", "DeviceTransform": "transform",
-    "write_set": "preprocess",
-    "LoaderConfig": "config", "PreprocessConfig": "config", "TrainPlan": "config", "make_plan": "config",
-    "resume_plan": "train",
-    "Classifier": "evaluate",
-    "export_onnx": "export", "OnnxClassifier": "export",
-    "load_checkpoint": "checkpoint",
-    "UserError": "errors",
+    "open_set": "shardset.shard_format", "ShardSet": "shardset.shard_format", "ShardError": "shardset.shard_format",
+    "ShardDataset": "reading.dataset",
+    "create_loader": "reading.loader", "BatchLoader": "reading.loader", "DeviceTransform": "reading.transform",
+    "write_set": "building.preprocess",
+    "LoaderConfig": "common.config", "PreprocessConfig": "common.config", "TrainPlan": "common.config",
+    "make_plan": "common.config",
+    "train": "training.train", "resume_plan": "training.train",
+    "Classifier": "inference.evaluate",
+    "export_onnx": "inference.export", "OnnxClassifier": "inference.export",
+    "load_checkpoint": "training.checkpoint",
+    "UserError": "common.errors",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -11,9 +11,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import PreprocessConfig, SynthConfig  # noqa: E402
-from pipeline.preprocess import preprocess  # noqa: E402
-from pipeline.synth import generate  # noqa: E402
+from pipeline.common.config import PreprocessConfig, SynthConfig  # noqa: E402
+from pipeline.building.preprocess import preprocess  # noqa: E402
+from pipeline.tools.synth import generate  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,7 @@ def make_class_tree(root: Path, counts: dict[str, int], size=(40, 30), seed: int
 
 def make_easy_set(root: Path, classes: int = 4, per_class: int = 24, seed: int = 0) -> Path:
     """A small learnable set: look-alike images of the first ``classes`` classes, 64x48 px."""
-    from pipeline.synth import CLASS_COUNTS, render
+    from pipeline.tools.synth import CLASS_COUNTS, render
 
     for c in range(classes):
         d = root / CLASS_COUNTS[c][0]

@@ -18,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import loader, steploop  # noqa: E402
-from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig  # noqa: E402
-from pipeline.train import TrainPlan, train  # noqa: E402
+from pipeline.reading import loader  # noqa: E402
+from pipeline.training import steploop
+from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig  # noqa: E402
+from pipeline.training.train import TrainPlan, train  # noqa: E402
 
 seen = []
 _epoch_indices = loader.BatchLoader.epoch_indices

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import pipeline
 from pipeline import DeviceTransform, ShardDataset, create_loader, open_set, write_set
-from pipeline.config import PreprocessConfig
-from pipeline.preprocess import preprocess
+from pipeline.common.config import PreprocessConfig
+from pipeline.building.preprocess import preprocess
 from tests.conftest import make_class_tree
 
 

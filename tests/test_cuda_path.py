@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import env
-from pipeline import shard_format as sf
-from pipeline import train as train_mod
-from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
-from pipeline.loader import BatchLoader, create_loader
-from pipeline.runtime import amp_dtype
-from pipeline.train import TrainingError, TrainPlan, train
+from pipeline.common import env
+from pipeline.shardset import shard_format
+from pipeline.training import train as train_mod
+from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
+from pipeline.reading.loader import BatchLoader, create_loader
+from pipeline.training.runtime import amp_dtype
+from pipeline.training.train import TrainingError, TrainPlan, train
 
 
 @pytest.mark.parametrize("cache,workers", [("ram", 0), ("device", 0), ("none", 0), ("none", 2)])
 def test_an_epochs_indices_are_built_once_and_batches_are_slices_of_them(easy_shards, monkeypatch, cache, workers):
-    split = sf.open_split(easy_shards, "train")
+    split = shard_format.open_split(easy_shards, "train")
     calls = []
     real = BatchLoader.epoch_indices
 
@@ -42,7 +42,7 @@ def test_an_epochs_indices_are_built_once_and_batches_are_slices_of_them(easy_sh
 
 
 def test_drop_last_gives_whole_batches_and_says_how_many_are_left_out(easy_shards):
-    split = sf.open_split(easy_shards, "train")
+    split = shard_format.open_split(easy_shards, "train")
     ld = create_loader(split, LoaderConfig(batch_size=10, workers=0, cache="ram", drop_last=True),
                        device=torch.device("cpu"), train=True)
     ld.set_epoch(0)

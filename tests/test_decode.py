@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import SynthConfig
-from pipeline.decode import RESAMPLE, DecodeError, decode_bytes, decode_image
-from pipeline.synth import image_bytes
+from pipeline.common.config import SynthConfig
+from pipeline.imaging.decode import RESAMPLE, DecodeError, decode_bytes, decode_image
+from pipeline.tools.synth import image_bytes
 
 
 def _png(im):

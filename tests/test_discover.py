@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.discover import DatasetError, discover
+from pipeline.building.discover import DatasetError, discover
 from tests.conftest import make_class_tree
 
 
@@ -51,7 +51,7 @@ def test_default_data_dir_prefers_the_notebooks_locations(tmp_path, monkeypatch)
     from click.testing import CliRunner
 
     import cli
-    from pipeline.discover import EMBEDDED_DEFAULT, default_data_dir
+    from pipeline.building.discover import EMBEDDED_DEFAULT, default_data_dir
 
     path, how = default_data_dir(tmp_path)
     assert path == tmp_path / EMBEDDED_DEFAULT and "look-alike" in how
@@ -74,7 +74,7 @@ def test_info_reports_the_pil_backend():
     from click.testing import CliRunner
 
     import cli
-    from pipeline.env import pil_backend
+    from pipeline.common.env import pil_backend
 
     r = CliRunner().invoke(cli.main, ["info"])
     assert r.exit_code == 0

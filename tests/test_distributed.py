@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import shard_format as sf
+from pipeline.shardset import shard_format
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -35,7 +35,7 @@ def test_two_gloo_ranks_split_the_epoch_and_stay_in_sync(easy_shards, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     ranks = [json.loads((trace / f"rank{k}.json").read_text()) for k in (0, 1)]
     assert [x["world"] for x in ranks] == [2, 2]
-    n = len(sf.open_split(easy_shards, "train"))
+    n = len(shard_format.open_split(easy_shards, "train"))
     per_rank = [[i for b in x["samples"] for i in b[1:]] for x in ranks]
     assert len(per_rank[0]) == len(per_rank[1]) == n // 2          # equal length
     assert not set(per_rank[0]) & set(per_rank[1])                 # disjoint

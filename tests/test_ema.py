@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.checkpoint import load_checkpoint
-from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
-from pipeline.evaluate import Classifier, evaluate_shards
-from pipeline.optim import WeightEma
-from pipeline.shard_format import open_set
-from pipeline.train import TrainPlan, train
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
+from pipeline.inference.evaluate import Classifier, evaluate_shards
+from pipeline.training.optim import WeightEma
+from pipeline.shardset.shard_format import open_set
+from pipeline.training.train import TrainPlan, train
 
 KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1")
 
@@ -87,7 +87,7 @@ def test_the_default_recipe_averages_the_notebooks_do_not_and_the_option_is_chec
     from click.testing import CliRunner
 
     import cli
-    from pipeline.config import ConfigError, make_plan
+    from pipeline.common.config import ConfigError, make_plan
 
     assert make_plan("resnet").optim.ema == 0.995
     assert make_plan("bart", "notebook").optim.ema == 0.0 and make_plan("cnn4conv", "notebook").optim.ema == 0.0

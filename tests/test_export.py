@@ -9,12 +9,12 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from pipeline import export as ex
-from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
-from pipeline.evaluate import Classifier, predict_paths
-from pipeline.export import OnnxClassifier, export_onnx
-from pipeline.shard_format import file_sha256, open_set
-from pipeline.train import TrainPlan, train
+from pipeline.inference import export as ex
+from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
+from pipeline.inference.evaluate import Classifier, predict_paths
+from pipeline.inference.export import OnnxClassifier, export_onnx
+from pipeline.shardset.shard_format import file_sha256, open_set
+from pipeline.training.train import TrainPlan, train
 from tests.conftest import make_easy_set
 
 

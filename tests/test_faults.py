@@ -23,18 +23,18 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from pipeline import preprocess as pp
-from pipeline import runtime
-from pipeline import shard_format as sf
-from pipeline import train as train_mod
-from pipeline.checkpoint import CheckpointError, load_checkpoint
-from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
-from pipeline.errors import FolderLock
-from pipeline.preprocess import preprocess
-from pipeline.reuse import STAGING
-from pipeline.shard_commit import BUILD
-from pipeline.optim import lr_at
-from pipeline.train import TrainingError, TrainPlan, train
+from pipeline.building import preprocess as pp
+from pipeline.training import runtime
+from pipeline.shardset import shard_format
+from pipeline.training import train as train_mod
+from pipeline.training.checkpoint import CheckpointError, load_checkpoint
+from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
+from pipeline.common.files import FolderLock
+from pipeline.building.preprocess import preprocess
+from pipeline.building.reuse import STAGING
+from pipeline.building.commit import BUILD
+from pipeline.training.optim import lr_at
+from pipeline.training.train import TrainingError, TrainPlan, train
 from tests.conftest import make_class_tree, make_easy_set
 
 KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1")
@@ -191,7 +191,7 @@ def _flip(path: Path, offset: int) -> None:
 
 
 def test_a_flipped_pixel_byte_stops_train_and_evaluate_and_preprocess_rebuilds(shards, finished, tmp_path):
-    shard = sf.open_split(shards, "train").shards[1]
+    shard = shard_format.open_split(shards, "train").shards[1]
     _flip(shard.path, shard.offset + 77)
     r = run("train", "--shards", shards, "--model", "cnn4conv", "--epochs", 1, "--device", "cpu",
             "--out", tmp_path / "r")
@@ -210,7 +210,7 @@ def test_preprocess_rebuilds_a_corrupt_set_instead_of_calling_it_up_to_date(tmp_
     args = ("preprocess", "--data-dir", root, "--out", out, "--size", 16, "--workers", 1)
     assert run(*args).exit_code == 0
     good = snapshot(out)
-    shard = sf.open_split(out, "val").shards[0]
+    shard = shard_format.open_split(out, "val").shards[0]
     _flip(shard.path, shard.offset + 5)
     r = run(*args)
     assert r.exit_code == 0 and "up to date" not in r.output
@@ -228,10 +228,10 @@ def test_out_of_range_labels_are_refused_on_open(shards):
     m = json.loads((shards / "manifest.json").read_text())  # a consistent manifest: the checksum passes
     for e in m["shards"]:
         if e["file"] == entry["file"]:
-            e["sha256"], e["bytes"] = sf.file_sha256(path), path.stat().st_size
-    sf.write_manifest(shards, m)
-    with pytest.raises(sf.ShardError, match=f"{entry['file']}: labels outside 0..3"):
-        sf.open_set(shards).split("train")
+            e["sha256"], e["bytes"] = shard_format.file_sha256(path), path.stat().st_size
+    shard_format.write_manifest(shards, m)
+    with pytest.raises(shard_format.ShardError, match=f"{entry['file']}: labels outside 0..3"):
+        shard_format.open_set(shards).split("train")
     r = run("train", "--shards", shards, "--epochs", 1, "--device", "cpu", "--out", shards.parent / "r")
     assert r.exit_code == 1 and "labels outside 0..3" in r.output and "Traceback" not in r.output
 
@@ -240,8 +240,8 @@ def test_a_manifest_naming_files_outside_the_set_is_not_trusted(shards):
     m = json.loads((shards / "manifest.json").read_text())
     m["shards"][0]["file"] = "../../etc/passwd"
     (shards / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(sf.ShardError, match="manifest entries are malformed"):
-        sf.open_set(shards)
+    with pytest.raises(shard_format.ShardError, match="manifest entries are malformed"):
+        shard_format.open_set(shards)
 
 
 # 4. Symlinks and undecodable names ----------------------------------------------------------------
@@ -317,7 +317,7 @@ def test_a_second_preprocess_into_the_same_out_is_refused(tmp_path):
     assert r.exit_code == 1 and f"another preprocess (pid {os.getpid()}) is writing here" in r.output
     assert {k: v for k, v in snapshot(out).items() if k != ".lock"} == \
         {k: v for k, v in before.items() if k != ".lock"}
-    assert sf.verify(out) == []
+    assert shard_format.verify(out) == []
 
 
 # 8. Disk full ---------------------------------------------------------------------------------------
@@ -347,7 +347,7 @@ def test_disk_full_during_train_is_one_line_and_leaves_the_last_good_files(easy_
 
 
 def test_disk_full_while_plotting_keeps_the_previous_plot(tmp_path, monkeypatch):
-    from pipeline.plots import plot_curves
+    from pipeline.training.plots import plot_curves
 
     hist = [{"epoch": 1, "train_loss": 1.0, "train_acc": .5, "val_loss": 1.1, "val_acc": .4, "val_f1": .3}]
     plot_curves(hist, tmp_path / "curves.png")
@@ -468,7 +468,7 @@ def test_a_damaged_manifest_is_rebuilt_as_its_error_advises_and_a_foreign_one_is
     # the advice works: the shards carry the format stamp, so they are the tool's to replace
     r = run("preprocess", "--data-dir", root, "--out", out, "--size", 16, "--workers", 1, "--force")
     assert r.exit_code == 0, r.output
-    assert sf.verify(out) == []
+    assert shard_format.verify(out) == []
     # a manifest.json with no shard of this tool beside it is the user's: refused, untouched
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -488,7 +488,7 @@ def test_preprocess_replaces_only_its_own_shards(tmp_path):
     (out / "notes.txt").write_text("keep me")
     preprocess(root, out, PreprocessConfig(size=16), workers=1)  # one shard per split
     assert sorted(p.name for p in out.glob("*.h5")) == ["train-00000.h5", "val-00000.h5"] and len(many) > 2
-    assert (out / "notes.txt").read_text() == "keep me" and sf.verify(out) == []
+    assert (out / "notes.txt").read_text() == "keep me" and shard_format.verify(out) == []
 
 
 # The weaker list ---------------------------------------------------------------------------------------

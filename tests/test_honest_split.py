@@ -7,10 +7,10 @@ import numpy as np
 from click.testing import CliRunner
 
 import cli
-from pipeline import shard_format as sf
-from pipeline.config import PreprocessConfig
-from pipeline.neardup import dhash, popcount
-from pipeline.preprocess import preprocess
+from pipeline.shardset import shard_format
+from pipeline.common.config import PreprocessConfig
+from pipeline.imaging.neardup import dhash, popcount
+from pipeline.building.preprocess import preprocess
 from tests.test_neardup import jpeg, scene, stored
 
 
@@ -30,7 +30,7 @@ def scenes_tree(root, classes=("bart", "lisa", "homer"), per_class=30, first_see
 
 def sides(out):
     """path -> split of every stored image."""
-    m = sf.read_manifest(out)
+    m = shard_format.read_manifest(out)
     where = {}
     for e in m["shards"]:
         with h5py.File(out / e["file"], "r") as f:
@@ -76,7 +76,7 @@ def test_planted_near_duplicates_land_in_one_split_and_cross_class_groups_are_re
     assert sp["images_in_groups"] >= sum(len(g) for g in groups)
     assert {"classes": ["bart", "homer"], "paths": ["bart/shared_frame.jpg", "homer/s0065.jpg"]} \
         in sp["cross_class_groups"]
-    assert sf.verify(out) == []
+    assert shard_format.verify(out) == []
     # without near-duplicate grouping the same folder splits some of those groups
     loose = preprocess(root, tmp_path / "loose", PreprocessConfig(size=64, val_frac=0.3, shard_mb=0.05,
                                                                     near_dup=0), workers=2)
@@ -93,7 +93,7 @@ def test_verify_names_near_duplicates_that_straddle_the_split(tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     m["options"]["near_dup"] = 6      # claim a grouping the split did not follow
     (out / "manifest.json").write_text(json.dumps(m))
-    problems = sf.verify(out)
+    problems = shard_format.verify(out)
     assert problems and all("straddle the split" in p and "preprocess --force" in p for p in problems)
     r = CliRunner().invoke(cli.main, ["verify", "--out", str(out)])
     assert r.exit_code == 1 and "straddle" in r.output
@@ -158,4 +158,4 @@ def test_a_set_built_under_the_old_split_rule_is_rebuilt_with_that_reason(tmp_pa
     (out / "manifest.json").write_text(json.dumps(m))
     again = preprocess(root, out, PreprocessConfig(size=32), workers=1)
     assert "split rule changed (rule 1 -> 3" in again["rebuilt_because"]
-    assert sf.read_manifest(out)["split_rule"] == 3 and sf.verify(out) == []
+    assert shard_format.read_manifest(out)["split_rule"] == 3 and shard_format.verify(out) == []

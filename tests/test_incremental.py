@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from pipeline import shard_format as sf
-from pipeline.config import PreprocessConfig
-from pipeline.preprocess import preprocess, write_set
-from pipeline.reuse import JOURNAL, RESUME_PREFIX, STAGING
-from pipeline.shard_commit import BUILD
+from pipeline.shardset import shard_format
+from pipeline.common.config import PreprocessConfig
+from pipeline.building.preprocess import preprocess, write_set
+from pipeline.building.reuse import ROW_JOURNAL, RESUME_PREFIX, STAGING
+from pipeline.building.commit import BUILD
 from tests.test_honest_split import save, scene, scenes_tree
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_incremental_equals_scratch_after_adding_removing_renaming_and_changing_
     assert again["rebuilt_because"] == "the images changed"
     assert again["work"] == {"decoded": 4, "reused": 34, "removed": 2}
     assert fingerprint_of(out) == scratch(data, tmp_path / "scratch", cfg)
-    assert sf.verify(out) == []
+    assert shard_format.verify(out) == []
     assert not list(out.glob(RESUME_PREFIX + "*"))
 
 
@@ -83,7 +83,7 @@ def test_a_damaged_row_is_decoded_again_not_trusted(tmp_path):
     out = tmp_path / "shards"
     preprocess(data, out, PreprocessConfig(size=32), workers=1)
     shard = sorted(out.glob("train-*.h5"))[0]
-    first, _, _ = sf.open_shard(shard)
+    first, _, _ = shard_format.open_shard(shard)
     with open(shard, "r+b") as fh:                       # flip pixels of the first row
         fh.seek(first.offset)
         fh.write(b"\xff" * 64)
@@ -110,8 +110,9 @@ KILLER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from pipeline import preprocess as pp, reuse
-from pipeline.config import PreprocessConfig
+from pipeline.building import preprocess as pp
+from pipeline.building import reuse
+from pipeline.common.config import PreprocessConfig
 pp.decode_run = lambda size: 8                 # journal every 8 rows, so the kill lands mid-build
 real = reuse.RowJournal.record
 done = [0]
@@ -138,7 +139,7 @@ def test_a_killed_build_continues_and_equals_an_uninterrupted_one(tmp_path, kill
     for after in kills:                                     # killed once, or twice (the second resumes the first)
         killed_build(data, out, after)
         assert not (out / "manifest.json").exists()         # nothing committed, nothing lost
-        assert (out / BUILD / JOURNAL).stat().st_size > 0   # the killed build's journal, for the next run
+        assert (out / BUILD / ROW_JOURNAL).stat().st_size > 0   # the killed build's journal, for the next run
     resumed = preprocess(data, out, PreprocessConfig(size=32), workers=1)
     assert resumed["work"]["reused"] >= kills[-1] and resumed["work"]["decoded"] + resumed["work"]["reused"] == 120
     assert fingerprint_of(out) == scratch(data, tmp_path / "scratch", PreprocessConfig(size=32))
@@ -149,7 +150,7 @@ def test_a_torn_or_foreign_journal_is_ignored(tmp_path):
     data = scenes_tree(tmp_path / "data", classes=("a", "b"), per_class=10)
     out = tmp_path / "shards"
     killed_build(data, out, after=1)
-    journal = out / BUILD / JOURNAL
+    journal = out / BUILD / ROW_JOURNAL
     lines = journal.read_text().splitlines()
     journal.write_text("\n".join(lines[:-1] + [lines[-1][:20]]))   # the last line torn mid-write
     staging = out / BUILD / STAGING
@@ -176,14 +177,14 @@ def test_cli_reports_decoded_reused_removed(tmp_path):
 
 
 def test_a_failed_build_keeps_its_rows_and_says_so(tmp_path, monkeypatch, caplog):
-    from pipeline import shard_format as sf_mod
+    from pipeline.shardset import shard_format
 
     data = scenes_tree(tmp_path / "data", classes=("a", "b"), per_class=10)
     out = tmp_path / "shards"
 
     def broken(*args, **kw):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(sf_mod, "write_shard", broken)
+    monkeypatch.setattr(shard_format, "write_shard", broken)
     with pytest.raises(Exception):
         preprocess(data, out, PreprocessConfig(size=32), workers=1)
     assert "the images decoded so far are kept" in caplog.text
@@ -205,7 +206,7 @@ def test_ctrl_c_stops_a_parallel_build_with_one_line_and_keeps_its_rows(tmp_path
                             # as from a terminal: a runner started in the background (CI) ignores SIGINT, and
                             # an ignored signal stays ignored in every program it starts
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    journal = out / BUILD / JOURNAL
+    journal = out / BUILD / ROW_JOURNAL
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if journal.exists() and journal.read_text().count("\n") >= 3:

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import shard_format as sf
-from pipeline.config import LoaderConfig
-from pipeline.loader import create_loader
-from pipeline.sampler import EpochBatchSampler, epoch_order
-from pipeline.transform import DeviceTransform
+from pipeline.shardset import shard_format
+from pipeline.common.config import LoaderConfig
+from pipeline.reading.loader import create_loader
+from pipeline.reading.sampler import EpochBatchSampler, epoch_order
+from pipeline.reading.transform import DeviceTransform
 
 
 def _batches(loader, epoch):
@@ -58,7 +58,7 @@ def test_balanced_sampling_evens_out_classes():
 
 @pytest.mark.parametrize("workers,cache", [(0, "none"), (2, "none"), (0, "ram")])
 def test_batches_identical_across_runs_and_cover_each_sample_once(easy_shards, workers, cache):
-    split = sf.open_split(easy_shards, "train")
+    split = shard_format.open_split(easy_shards, "train")
     assert len(split.shards) >= 3
     make = lambda: create_loader(split, LoaderConfig(batch_size=7, workers=workers, cache=cache, seed=5),
                                  device=torch.device("cpu"), train=True)
@@ -82,7 +82,7 @@ def test_batches_identical_across_runs_and_cover_each_sample_once(easy_shards, w
 def test_each_batch_holds_the_rows_and_labels_of_its_planned_indices(easy_shards, workers, train, balance, batch):
     # shards of ~20 images: batches of 7 often span two shards; balanced
     # batches of 32 mix every shard (the gather-then-scatter path)
-    split = sf.open_split(easy_shards, "train")
+    split = shard_format.open_split(easy_shards, "train")
     images = split.load_all()
     loader = create_loader(split, LoaderConfig(batch_size=batch, workers=workers, cache="none", seed=3,
                                                balance=balance), device=torch.device("cpu"), train=train)
@@ -113,8 +113,8 @@ def test_device_transform_normalises_and_augments_reproducibly():
 
 
 def test_compressed_shards_give_the_same_batches(tmp_path):
-    from pipeline.config import PreprocessConfig
-    from pipeline.preprocess import preprocess
+    from pipeline.common.config import PreprocessConfig
+    from pipeline.building.preprocess import preprocess
     from tests.conftest import make_easy_set
 
     root = make_easy_set(tmp_path / "data", classes=3, per_class=10)
@@ -122,7 +122,7 @@ def test_compressed_shards_give_the_same_batches(tmp_path):
     for comp in (None, "lzf"):
         out = tmp_path / f"s-{comp}"
         preprocess(root, out, PreprocessConfig(size=16, shard_mb=0.005, compression=comp), workers=1)
-        split = sf.open_split(out, "train")
+        split = shard_format.open_split(out, "train")
         assert len(split.shards) >= 3
         assert (split.shards[0].offset is None) == (comp is not None)
         loader = create_loader(split, LoaderConfig(batch_size=4, workers=0, cache="none"),
@@ -134,7 +134,7 @@ def test_compressed_shards_give_the_same_batches(tmp_path):
 def test_a_batch_stays_intact_while_workers_run_ahead(easy_shards):
     import time
 
-    split = sf.open_split(easy_shards, "train")
+    split = shard_format.open_split(easy_shards, "train")
     cfg = LoaderConfig(batch_size=3, workers=2, cache="none", seed=1, prefetch_factor=2)
     ref = _batches(create_loader(split, LoaderConfig(batch_size=3, workers=0, cache="none", seed=1),
                                  device=torch.device("cpu"), train=True), 0)
@@ -150,7 +150,7 @@ def test_a_batch_stays_intact_while_workers_run_ahead(easy_shards):
 
 
 def test_one_stream_serves_consecutive_epochs_and_jumps(easy_shards):
-    split = sf.open_split(easy_shards, "train")
+    split = shard_format.open_split(easy_shards, "train")
     fresh = lambda e: _batches(create_loader(split, LoaderConfig(batch_size=5, workers=0, cache="none", seed=2),
                                              device=torch.device("cpu"), train=True), e)
     loader = create_loader(split, LoaderConfig(batch_size=5, workers=2, cache="none", seed=2),
@@ -170,7 +170,7 @@ def test_several_batches_a_message_give_the_planned_batches_across_epochs_and_re
                                                                                       message_batches, balance):
     # batches of 5 in messages of 3 or 4: an epoch of this split ends mid-message, a resume at batch 4
     # starts mid-message, and consecutive epochs share one worker stream
-    split = sf.open_split(easy_shards, "train")
+    split = shard_format.open_split(easy_shards, "train")
     images = split.load_all()
     cfg = LoaderConfig(batch_size=5, workers=2, cache="none", seed=4, balance=balance,
                        message_batches=message_batches)
@@ -191,7 +191,7 @@ def test_several_batches_a_message_give_the_planned_batches_across_epochs_and_re
 
 
 def test_the_message_plan_fits_its_shared_memory():
-    from pipeline.loader import RING_BYTES, message_plan
+    from pipeline.reading.loader import RING_BYTES, message_plan
 
     mb = 1 << 20
     # 64 px batches of 128 (1.5 MB): 21 a message (32 MB), 2 messages in flight, a ring of 4; 16 px: the cap
@@ -207,7 +207,7 @@ def test_the_message_plan_fits_its_shared_memory():
     # prefetch_factor counts batches: as many messages as hold them, at least 2
     assert message_plan(100, workers=2, prefetch_factor=40, asked=8) == (8, 5, 7)
     assert message_plan(100, workers=2, prefetch_factor=1, asked=8) == (8, 2, 4)
-    from pipeline.config import ConfigError
+    from pipeline.common.config import ConfigError
 
     with pytest.raises(ConfigError, match="message_batches"):
         LoaderConfig(message_batches=-1)

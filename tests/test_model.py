@@ -50,7 +50,7 @@ def test_resnet_is_residual_batchnormed_and_globally_pooled():
 
 
 def test_resnet_widths_set_the_channels_and_the_default_recipes_network_is_the_narrow_one():
-    from pipeline.config import RESNET_WIDTHS
+    from pipeline.common.config import RESNET_WIDTHS
 
     m = create_model("resnet", num_classes=27, image_size=64, widths=RESNET_WIDTHS).eval()
     assert RESNET_WIDTHS == (32, 48, 96, 192)

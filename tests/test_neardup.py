@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.neardup import dhash, group, popcount
+from pipeline.imaging.neardup import dhash, group, popcount
 
 
 def scene(seed: int, size=(160, 120), dx: int = 0, dy: int = 0) -> Image.Image:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.metrics import predict_logits
-from pipeline.plots import nice_ticks, plot_confusion, plot_curves, worst_confusions
+from pipeline.training.metrics import predict_logits
+from pipeline.training.plots import nice_ticks, plot_confusion, plot_curves, worst_confusions
 
 
 @pytest.mark.parametrize("lo,hi,expected", [(0.13, 0.97, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
@@ -56,9 +56,9 @@ def test_test_time_flip_averages_the_mirror_image():
 
 
 def test_a_tta_run_validates_and_predicts_with_the_flip(easy_shards, tmp_path):
-    from pipeline.config import make_plan
-    from pipeline.evaluate import Classifier
-    from pipeline.train import train
+    from pipeline.common.config import make_plan
+    from pipeline.inference.evaluate import Classifier
+    from pipeline.training.train import train
 
     s = train(easy_shards, make_plan("cnn4conv", epochs=1, device="cpu", workers=0, tta=True, out=str(tmp_path)))
     assert s["config"]["run"]["tta"] is True and 0 <= s["history"][0]["val_acc"] <= 1

@@ -9,26 +9,26 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from pipeline import shard_format as sf
-from pipeline.config import PreprocessConfig
-from pipeline.decode import RESAMPLE
-from pipeline.preprocess import preprocess
-from pipeline.reuse import RESUME_PREFIX
+from pipeline.shardset import shard_format
+from pipeline.common.config import PreprocessConfig
+from pipeline.imaging.decode import RESAMPLE
+from pipeline.building.preprocess import preprocess
+from pipeline.building.reuse import RESUME_PREFIX
 from tests.conftest import make_class_tree
 
 
 def test_round_trip_pixels_labels_and_attributes(shards32, lookalike):
-    manifest = sf.read_manifest(shards32)
+    manifest = shard_format.read_manifest(shards32)
     classes = manifest["class_names"]
     assert len(classes) == 42 and classes == sorted(classes)
     for split in ("train", "val"):
-        ss = sf.open_split(shards32, split)
+        ss = shard_format.open_split(shards32, split)
         assert len(ss) == manifest["counts"][split] and len(ss.shards) >= 2
         images = ss.load_all()
         assert images.shape == (len(ss), 32, 32, 3) and images.dtype == np.uint8
         seen = 0
         for shard in ss.shards:
-            shard_obj, attrs, labels = sf.open_shard(shard.path)
+            shard_obj, attrs, labels = shard_format.open_shard(shard.path)
             assert attrs["split"] == split and attrs["image_size"] == 32
             assert attrs["class_names"] == classes
             np.testing.assert_allclose(attrs["mean"], manifest["mean"])
@@ -49,7 +49,7 @@ def test_round_trip_pixels_labels_and_attributes(shards32, lookalike):
 
 
 def test_quirks_are_skipped_or_kept_with_reasons(shards32):
-    m = sf.read_manifest(shards32)
+    m = shard_format.read_manifest(shards32)
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
     assert reasons[".DS_Store"] == "hidden file"
     assert "not an image" in reasons["agnes_skinner/notes.txt"]
@@ -66,12 +66,12 @@ def test_quirks_are_skipped_or_kept_with_reasons(shards32):
 
 
 def test_mean_std_are_the_training_split_pixel_statistics(shards32):
-    train = sf.open_split(shards32, "train").load_all().reshape(-1, 3) / 255.0
-    manifest = sf.read_manifest(shards32)
+    train = shard_format.open_split(shards32, "train").load_all().reshape(-1, 3) / 255.0
+    manifest = shard_format.read_manifest(shards32)
     # taken from 1/16 of the pixels: within 1% of the all-pixel figures
     np.testing.assert_allclose(manifest["mean"], train.mean(0), rtol=0.01)
     np.testing.assert_allclose(manifest["std"], train.std(0), rtol=0.01)
-    val = sf.open_split(shards32, "val").load_all().reshape(-1, 3) / 255.0
+    val = shard_format.open_split(shards32, "val").load_all().reshape(-1, 3) / 255.0
     assert not np.allclose(manifest["mean"], val.mean(0), rtol=1e-4)  # the train split's, not val's
 
 
@@ -119,7 +119,7 @@ def test_a_failed_rebuild_keeps_the_previous_set_whole(tmp_path, monkeypatch):
     out = tmp_path / "out"
     preprocess(root, out, PreprocessConfig(size=16), workers=1)  # an old, complete set
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    real = sf.write_shard
+    real = shard_format.write_shard
     calls = []
 
     def failing(*args, **kw):
@@ -128,7 +128,7 @@ def test_a_failed_rebuild_keeps_the_previous_set_whole(tmp_path, monkeypatch):
             raise RuntimeError("writer crashed (simulated)")
         return real(*args, **kw)
 
-    monkeypatch.setattr(sf, "write_shard", failing)
+    monkeypatch.setattr(shard_format, "write_shard", failing)
     with pytest.raises(RuntimeError, match="simulated"):
         preprocess(root, out, PreprocessConfig(size=16, shard_mb=1, val_frac=0.5), workers=1, force=True)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
@@ -136,26 +136,26 @@ def test_a_failed_rebuild_keeps_the_previous_set_whole(tmp_path, monkeypatch):
     assert kept == {RESUME_PREFIX + "0.u8", RESUME_PREFIX + "0.journal"}
     assert {n: b for n, b in after.items() if n not in kept} == before  # manifest and shards byte-identical
     assert not [p for p in out.iterdir() if p.is_dir()]               # no build folder, no other temporary
-    assert sf.verify(out) == []
-    monkeypatch.setattr(sf, "write_shard", real)
+    assert shard_format.verify(out) == []
+    monkeypatch.setattr(shard_format, "write_shard", real)
     assert preprocess(root, out, PreprocessConfig(size=16), workers=1)["up_to_date"] is True
     assert not list(out.glob(RESUME_PREFIX + "*"))                     # an up-to-date set needs none
     m = preprocess(root, out, PreprocessConfig(size=16, shard_mb=1, val_frac=0.5), workers=1)
-    assert m["up_to_date"] is False and sf.verify(out) == []
+    assert m["up_to_date"] is False and shard_format.verify(out) == []
 
 
 def test_verify_catches_one_flipped_byte(tmp_path):
     root = make_class_tree(tmp_path / "data", {"a": 5, "b": 5})
     out = tmp_path / "out"
     preprocess(root, out, PreprocessConfig(size=16), workers=1)
-    assert sf.verify(out) == []
-    shard = sf.open_split(out, "train").shards[0]
+    assert shard_format.verify(out) == []
+    shard = shard_format.open_split(out, "train").shards[0]
     with open(shard.path, "r+b") as fh:
         fh.seek(shard.offset + 100)
         b = fh.read(1)
         fh.seek(shard.offset + 100)
         fh.write(bytes([b[0] ^ 0xFF]))
-    problems = sf.verify(out)
+    problems = shard_format.verify(out)
     assert len(problems) == 1 and "train-00000.h5" in problems[0] and "SHA-256" in problems[0]
     result = CliRunner().invoke(cli.main, ["verify", "--out", str(out)])
     assert result.exit_code == 1 and "train-00000.h5" in result.output
@@ -187,7 +187,7 @@ def test_cli_exit_codes_and_summary(tmp_path):
 
 
 def test_a_file_that_crashes_the_decoder_is_one_skipped_file(tmp_path, monkeypatch):
-    import pipeline.preprocess as pp
+    import pipeline.building.preprocess as pp
 
     root = make_class_tree(tmp_path / "data", {"a": 4, "b": 4})
     real = pp.decode_bytes

@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from pipeline.config import ConfigError, LoaderConfig, ModelConfig, OptimConfig, RunConfig, TrainPlan, make_plan
-from pipeline.optim import res_at
-from pipeline.train import TrainingError, train
-from pipeline.transform import DeviceTransform
+from pipeline.common.config import ConfigError, LoaderConfig, ModelConfig, OptimConfig, RunConfig, TrainPlan, make_plan
+from pipeline.training.optim import res_at
+from pipeline.training.train import TrainingError, train
+from pipeline.reading.transform import DeviceTransform
 
 
 def test_schedule_is_low_first_then_a_ramp_then_the_stored_side():
@@ -129,7 +129,7 @@ def test_the_default_recipe_trains_the_narrow_resnet_for_20_epochs_and_widths_ar
 
 def test_a_run_with_other_widths_saves_them_and_evaluates_and_resumes_with_them(easy_shards, tmp_path):
     from model import count_parameters, create_model
-    from pipeline.evaluate import Classifier
+    from pipeline.inference.evaluate import Classifier
 
     p = _plan(tmp_path / "w", epochs=2)
     plan = TrainPlan(ModelConfig(name="resnet", widths=(8, 8, 16, 16)), p.optim, p.loader, p.run)
@@ -151,8 +151,8 @@ def test_a_run_with_other_widths_saves_them_and_evaluates_and_resumes_with_them(
 
 
 def test_a_checkpoint_saved_before_widths_were_a_field_loads_as_the_networks_own(easy_shards, tmp_path):
-    from pipeline.checkpoint import CheckpointError
-    from pipeline.evaluate import Classifier
+    from pipeline.training.checkpoint import CheckpointError
+    from pipeline.inference.evaluate import Classifier
 
     train(easy_shards, _plan(tmp_path / "old", epochs=1))             # resnet with its own widths
     narrow = _plan(tmp_path / "new", epochs=1)
@@ -171,7 +171,7 @@ def test_a_checkpoint_saved_before_widths_were_a_field_loads_as_the_networks_own
 
 
 def test_a_checkpoint_whose_config_is_out_of_range_is_refused_naming_the_file(easy_shards, tmp_path):
-    from pipeline.checkpoint import CheckpointError, load_checkpoint
+    from pipeline.training.checkpoint import CheckpointError, load_checkpoint
 
     train(easy_shards, _plan(tmp_path / "t", epochs=1))
     ckpt = torch.load(tmp_path / "t" / "last.pt", weights_only=True)

@@ -1,5 +1,6 @@
-"""The README's "Use from Python" blocks run as written, in order, where the demo has just run,
-against the package installed with pip (not the source tree), from another directory."""
+"""The Python blocks of the README ("A first look from Python") and of docs/python.md ("Use from
+Python", "Deploy") run as written, in order, where the demo has just run, against the package
+installed with pip (not the source tree), from another directory."""
 
 from __future__ import annotations
 
@@ -17,10 +18,13 @@ import cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def python_blocks(section: str) -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    body = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"```python\n(.*?)```", body, flags=re.S)
+def section(page: str, title: str) -> str:
+    text = (ROOT / page).read_text(encoding="utf-8")
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def python_blocks(page: str, title: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", section(page, title), flags=re.S)
 
 
 def make_demo(size: int, model: str) -> None:
@@ -33,8 +37,9 @@ def make_demo(size: int, model: str) -> None:
 
 
 def test_the_use_from_python_blocks_run_as_written(tmp_path):
-    blocks = python_blocks("Use from Python")
-    assert len(blocks) == 6
+    first = python_blocks("README.md", "A first look from Python")
+    blocks = python_blocks("docs/python.md", "Use from Python")
+    assert len(first) == 1 and len(blocks) == 6
     os.chdir(tmp_path)  # the demo's folder layout (`make demo`), at a small scale
     try:
         make_demo(64, "cnn4conv")
@@ -53,22 +58,22 @@ def test_the_use_from_python_blocks_run_as_written(tmp_path):
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith(str(target)), r.stdout + r.stderr
     script = tmp_path / "readme_blocks.py"
-    script.write_text("\n\n".join(blocks), encoding="utf-8")
+    script.write_text("\n\n".join(first + blocks), encoding="utf-8")
     r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
+    assert "torch.Size([128, 3, 64, 64]) torch.float32" in out    # the README's first look: a normalised batch
     assert "torch.Size([3, 64, 64]) torch.uint8" in out and "epoch 1: loss" in out
     assert "{'train': 34, 'val': 7} 2 shards" in out  # 41 samples: 40 arrays + one file
     assert (tmp_path / "my-shards" / "manifest.json").is_file() and (tmp_path / "runs/from-python/last.pt").is_file()
 
 
 def test_the_deploy_blocks_run_as_written(tmp_path):
-    """README "Deploy": its commands (through the CLI) and its Python (ONNX Runtime alone) on a demo run."""
+    """docs/python.md "Deploy": its commands (through the CLI) and its Python (ONNX Runtime alone) on a demo run."""
     import shlex
 
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    body = text.split("## Deploy\n", 1)[1].split("\n## ", 1)[0]
+    body = section("docs/python.md", "Deploy")
     commands = re.findall(r"```bash\n(.*?)```", body, flags=re.S)[0]
     (python,) = re.findall(r"```python\n(.*?)```", body, flags=re.S)
     os.chdir(tmp_path)

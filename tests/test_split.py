@@ -1,7 +1,7 @@
 import numpy as np
 
-from pipeline.split import content_split, group_score, shard_plan
-from pipeline.synth import CLASS_COUNTS
+from pipeline.building.split import content_split, group_score, shard_plan
+from pipeline.tools.synth import CLASS_COUNTS
 
 
 def _labels(counts):

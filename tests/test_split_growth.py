@@ -8,10 +8,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import PreprocessConfig
-from pipeline.preprocess import preprocess
-from pipeline.split import content_split, group_score
-from tests.test_honest_split import save, scene, scenes_tree, sides
+from pipeline.common.config import PreprocessConfig
+from pipeline.building.preprocess import preprocess
+from pipeline.building.split import content_split, group_score
+from tests.test_honest_split import scene, scenes_tree, sides
 
 VAL_FRAC, SEED = 0.15, 42
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.steploop import EpochSums, PartialEpoch, RunPosition
+from pipeline.training.steploop import EpochSums, PartialEpoch, RunPosition
 
 
 def test_position_round_trips_as_plain_data_in_the_checkpoint_layout():

@@ -4,8 +4,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from pipeline.config import SynthConfig
-from pipeline.synth import CLASS_COUNTS, QUIRKS, class_counts, generate, image_bytes, plan_quirks
+from pipeline.common.config import SynthConfig
+from pipeline.tools.synth import CLASS_COUNTS, QUIRKS, class_counts, generate, image_bytes, plan_quirks
 
 
 def _digest_tree(root):
@@ -77,7 +77,7 @@ def test_sizes_and_weight_look_like_tv_frames():
 
 def test_classes_differ_but_images_within_a_class_vary():
     cfg = SynthConfig()
-    from pipeline.synth import render
+    from pipeline.tools.synth import render
     a0 = np.asarray(render(cfg.seed, 0, 1, (128, 128)), dtype=float)
     a1 = np.asarray(render(cfg.seed, 0, 2, (128, 128)), dtype=float)
     b0 = np.asarray(render(cfg.seed, 1, 1, (128, 128)), dtype=float)

@@ -7,12 +7,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cli
-from pipeline import runtime
-from pipeline.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
-from pipeline.evaluate import Classifier, evaluate_shards, predict_paths
-from pipeline.preprocess import preprocess
-from pipeline.checkpoint import CheckpointError, load_checkpoint
-from pipeline.train import TrainingError, TrainPlan, train
+from pipeline.training import runtime
+from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, PreprocessConfig, RunConfig
+from pipeline.inference.evaluate import Classifier, evaluate_shards, predict_paths
+from pipeline.building.preprocess import preprocess
+from pipeline.training.checkpoint import CheckpointError, load_checkpoint
+from pipeline.training.train import TrainingError, TrainPlan, train
 from tests.conftest import make_easy_set
 
 

@@ -21,14 +21,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 WRITERS = {
-    "checkpoint": "from pipeline.checkpoint import save_checkpoint; import torch\n"
+    "checkpoint": "from pipeline.training.checkpoint import save_checkpoint; import torch\n"
                   "save_checkpoint(path, {'w': torch.zeros(200_000)})",
-    "metrics": "from pipeline.errors import write_text\nwrite_text(path, 'epoch,loss\\n' + '1,0.5\\n' * 100_000)",
-    "plot": "from pipeline.plots import plot_confusion; import numpy as np\n"
+    "metrics": "from pipeline.common.files import write_text\nwrite_text(path, 'epoch,loss\\n' + '1,0.5\\n' * 100_000)",
+    "plot": "from pipeline.training.plots import plot_confusion; import numpy as np\n"
             "plot_confusion(np.arange(900).reshape(30, 30), [f'class_{i}' for i in range(30)], path)",
-    "shard": "from pipeline.shard_format import write_shard; import numpy as np\n"
+    "shard": "from pipeline.shardset.shard_format import write_shard; import numpy as np\n"
              "write_shard(path, np.full((40, 64, 64, 3), 7, np.uint8), np.zeros(40, int), ['a'] * 40, ['0' * 64] * 40, {})",
-    "manifest": "from pipeline.shard_format import write_manifest\n"
+    "manifest": "from pipeline.shardset.shard_format import write_manifest\n"
                 "write_manifest(path.parent, {'shards': ['x' * 100] * 2000})",
 }
 NAMES = {"checkpoint": "last.pt", "metrics": "metrics.csv", "plot": "confusion_matrix.png", "shard": "train-00000.h5",
@@ -48,7 +48,7 @@ def limited(code: str, limit: int, cwd: Path, *args) -> subprocess.CompletedProc
 def test_each_writer_turns_a_refused_write_into_one_line_and_keeps_the_previous_file(writer, tmp_path):
     path = tmp_path / NAMES[writer]
     path.write_bytes(b"previous contents")
-    code = (f"from pathlib import Path\npath = Path({str(path)!r})\nfrom pipeline.errors import UserError\n"
+    code = (f"from pathlib import Path\npath = Path({str(path)!r})\nfrom pipeline.common.errors import UserError\n"
             f"try:\n" + "".join(f"    {line}\n" for line in WRITERS[writer].splitlines()) +
             "except UserError as exc:\n    print('USER', exc)\n")
     r = limited(code, 60_000, tmp_path)

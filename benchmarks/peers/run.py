@@ -47,8 +47,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.decode import decode_file  # noqa: E402
-from pipeline.discover import discover  # noqa: E402
+from pipeline.imaging.decode import decode_file  # noqa: E402
+from pipeline.building.discover import discover  # noqa: E402
 
 SHARD_BYTES = 64 << 20   # every system's shard/chunk size where it has one (the project's default shard_mb)
 
@@ -86,16 +86,16 @@ class Project:
     maps_held = True   # persistent workers keep the shards mapped (what --cold must undo between epochs)
 
     def write(self, folder: Folder, out: Path, workers: int) -> int:
-        from pipeline.config import PreprocessConfig
-        from pipeline.preprocess import preprocess
+        from pipeline.common.config import PreprocessConfig
+        from pipeline.building.preprocess import preprocess
 
         m = preprocess(folder.root, out, PreprocessConfig(size=folder.size, val_frac=0.0), workers=workers)
         return m["counts"]["train"]
 
     def open(self, out: Path, batch: int, workers: int, seed: int):
-        from pipeline.config import LoaderConfig
-        from pipeline.loader import create_loader
-        from pipeline.shard_format import open_set
+        from pipeline.common.config import LoaderConfig
+        from pipeline.reading.loader import create_loader
+        from pipeline.shardset.shard_format import open_set
 
         loader = create_loader(open_set(out).split("train"), LoaderConfig(
             batch_size=batch, workers=workers, cache=self.cache, seed=seed, reuse_buffers=True), train=True)
@@ -107,7 +107,7 @@ class Project:
         return epoch, loader.close
 
     def stored(self, out: Path):
-        from pipeline.shard_format import open_set
+        from pipeline.shardset.shard_format import open_set
 
         split = open_set(out).split("train")
         yield from zip(split.load_all(), split.labels)
@@ -125,8 +125,8 @@ class ProjectShardDataset(Project):
         import torch
         from torch.utils.data import DataLoader
 
-        from pipeline.dataset import ShardDataset
-        from pipeline.shard_format import open_set
+        from pipeline.reading.dataset import ShardDataset
+        from pipeline.shardset.shard_format import open_set
 
         ds = ShardDataset(open_set(out).split("train"))
         loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=True,
@@ -144,7 +144,7 @@ class MemoryLimit(Project):
     def open(self, out: Path, batch: int, workers: int, seed: int):
         import torch
 
-        from pipeline.shard_format import open_set
+        from pipeline.shardset.shard_format import open_set
 
         images = torch.from_numpy(open_set(out).split("train").load_all())
         buf = torch.empty((batch,) + tuple(images.shape[1:]), dtype=torch.uint8)
@@ -163,8 +163,8 @@ _GATHER: dict = {}   # a stream-limit process's maps of the shards and its reuse
 def _gather_init(root: str) -> None:
     import torch
 
-    from pipeline.dataset import ShardMaps
-    from pipeline.shard_format import open_set
+    from pipeline.reading.dataset import ShardMaps
+    from pipeline.shardset.shard_format import open_set
 
     torch.set_num_threads(1)   # forked from a process with an OpenMP pool: one thread, as DataLoader workers do
 
@@ -199,9 +199,9 @@ class StreamLimit(Project):
     name = "streaming limit (the workers' gathers alone, no DataLoader)"
 
     def open(self, out: Path, batch: int, workers: int, seed: int):
-        from pipeline.loader import message_plan
-        from pipeline.sampler import epoch_order
-        from pipeline.shard_format import open_set
+        from pipeline.reading.loader import message_plan
+        from pipeline.reading.sampler import epoch_order
+        from pipeline.shardset.shard_format import open_set
 
         split = open_set(out).split("train")
         k = message_plan(batch * split.image_size ** 2 * 3, workers, 4)[0]
