@@ -27,7 +27,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 # The names model.MODELS registers, spelled out so that `--help` and the
-# data commands do not import torch (tests/test_model.py checks they agree).
+# data commands do not import torch (tests/networks/test_model.py checks they agree).
 MODELS = click.Choice(["bart", "cnn4conv", "resnet"])
 DEVICES = click.Choice(list(pconfig.DEVICES))
 
@@ -246,7 +246,7 @@ def verify(out: Path) -> None:
     click.echo(f"{out}: {len(m['shards'])} shards OK ({m['counts']['train']} train, {m['counts']['val']} val)")
 
 
-# What --resume takes from the checkpoint (parameter -> pipeline.training.resume.RECIPE_KEYS name); a value
+# What --resume takes from the checkpoint (parameter -> pipeline.training.checkpoint.RECIPE_KEYS name); a value
 # given with it must equal the checkpoint's.
 RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
                   "augment": "augment", "balance": "balance", "tta": "tta", "ema": "ema", "min_res": "min_res",
@@ -312,7 +312,7 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
     from pipeline.training.checkpoint import load_checkpoint
     from pipeline.common.config import make_plan
     from pipeline.common.env import default_workers
-    from pipeline.training.resume import check_given, resume_shards
+    from pipeline.training.checkpoint import check_given, resume_shards
     from pipeline.training.train import resume_plan
     from pipeline.training.train import train as run
 

@@ -189,7 +189,7 @@ def run_all(check: Check, dry_run: bool) -> None:
         check.record("cuda-tests", {}, note=why).rc = 1
     else:
         check.run("cuda-tests", ["-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                                 "tests/test_cuda_path.py"], 240)
+                                 "tests/training/test_cuda_path.py"], 240)
     data, shards = out / "data", out / f"shards{z.size}"
     check.run("data", cli("synth", "--out", data, "--scale", z.scale, "--seed", "0"), 120)
     check.run("preprocess", cli("preprocess", "--size", z.size, "--data-dir", data, "--out", shards), 120)
@@ -257,7 +257,8 @@ def main(argv: Optional[list] = None) -> int:
         (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
         check.log.close()
     print(summary(check.steps))
-    print(f"{'passed' if ok else 'FAILED'} in {total:.0f} s; {args.out / 'gpu_check.json'}, {args.out / 'gpu_check.log'}")
+    print(f"{'passed' if ok else 'FAILED'} in {total:.0f} s; {args.out / 'gpu_check.json'}, "
+          f"{args.out / 'gpu_check.log'}")
     return 0 if ok else 1
 
 

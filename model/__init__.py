@@ -1,17 +1,22 @@
-"""The two reference architectures, and one compact modern extra, behind one factory."""
+"""The two reference architectures, and one compact modern extra, behind one factory.
+
+Importing this package (its tables, :mod:`model.rules`) does not import
+torch: the networks' modules load on first use, so ``pipeline.common.config``
+and ``cli.py --help`` stay fast.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import importlib
+from typing import TYPE_CHECKING, Optional, Sequence
 
-from torch import nn
-
-from .bart import BART
-from .cnn4conv import CNN4Conv
-from .resnet import ResNetS
 from .rules import size_problem, widths_problem
 
-MODELS = {"cnn4conv": CNN4Conv, "bart": BART, "resnet": ResNetS}
+if TYPE_CHECKING:
+    from torch import nn
+
+# name -> (module, class) of each network
+MODELS = {"cnn4conv": ("cnn4conv", "CNN4Conv"), "bart": ("bart", "BART"), "resnet": ("resnet", "ResNetS")}
 
 # Models that pool globally before their head, so they accept any input side
 # (progressive resizing); the notebooks' networks flatten a size fixed at build.
@@ -25,7 +30,7 @@ NOTEBOOK_RECIPES = {
 
 
 def create_model(name: str, *, num_classes: int = 42, image_size: int = 128,
-                 widths: Optional[Sequence[int]] = None) -> nn.Module:
+                 widths: Optional[Sequence[int]] = None) -> "nn.Module":
     """Build a reference network.
 
     Args:
@@ -48,11 +53,13 @@ def create_model(name: str, *, num_classes: int = 42, image_size: int = 128,
         raise ValueError(problem)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    module, cls = MODELS[name]
+    network = getattr(importlib.import_module(f".{module}", __name__), cls)
     if widths:
-        return ResNetS(num_classes=num_classes, image_size=image_size, widths=tuple(int(w) for w in widths))
-    return MODELS[name](num_classes=num_classes, image_size=image_size)
+        return network(num_classes=num_classes, image_size=image_size, widths=tuple(int(w) for w in widths))
+    return network(num_classes=num_classes, image_size=image_size)
 
 
-def count_parameters(model: nn.Module) -> int:
+def count_parameters(model: "nn.Module") -> int:
     """Trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.common.config import PreprocessConfig, SynthConfig  # noqa: E402
 from pipeline.building.preprocess import preprocess  # noqa: E402
 from pipeline.tools.synth import generate  # noqa: E402
+from pipeline.training.train import train  # noqa: E402
+from tests.helpers import plan  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -61,4 +64,18 @@ def easy_shards(tmp_path_factory) -> Path:
     root = make_easy_set(tmp_path_factory.mktemp("easy"))
     out = tmp_path_factory.mktemp("easy_shards")
     preprocess(root, out, PreprocessConfig(size=32, val_frac=0.25, shard_mb=0.06), workers=1)
+    return out
+
+
+@pytest.fixture()
+def shards(easy_shards, tmp_path) -> Path:
+    """A private copy of the 4-class set (tests corrupt it)."""
+    return Path(shutil.copytree(easy_shards, tmp_path / "shards"))
+
+
+@pytest.fixture(scope="session")
+def finished(easy_shards, tmp_path_factory):
+    """A finished 2-epoch cnn4conv run."""
+    out = tmp_path_factory.mktemp("finished")
+    train(easy_shards, plan(out, epochs=2))
     return out

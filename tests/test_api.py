@@ -25,6 +25,12 @@ def test_import_pipeline_is_light_and_exports_the_api():
     code = "import sys, pipeline; assert 'torch' not in sys.modules; print(sorted(pipeline.__all__))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert r.returncode == 0, r.stderr
+    # the configs, the model tables and the command line's help stay torch-free too (fresh processes:
+    # a bench contender, `cli.py --help`)
+    light = ("import sys, cli, model, pipeline.common.config, pipeline.building.preprocess; "
+             "cli.main(['--help'], standalone_mode=False); assert 'torch' not in sys.modules, 'torch imported'")
+    h = subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert h.returncode == 0 and "preprocess" in h.stdout, h.stderr
     for name in ("open_set", "ShardDataset", "create_loader", "DeviceTransform", "write_set", "make_plan",
                  "Classifier"):
         assert name in r.stdout and getattr(pipeline, name) is not None

@@ -54,3 +54,20 @@ def test_the_benchmark_pages_stay_short_and_the_current_figures_terse():
     assert len(rows) >= 15
     assert all(len(r.split("|")) == 7 and len(r.split("|")[2]) <= 90 for r in rows), rows
     assert (ROOT / "benchmarks" / "history").is_dir()
+
+
+def test_every_command_line_in_the_docs_names_a_command_and_options_it_has():
+    import cli
+
+    lines = []
+    for page in [ROOT / "README.md", *ROOT.glob("docs/*.md")]:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            text = block.replace("\\\n", " ")
+            lines += [(page.name, line.split("#")[0]) for line in text.splitlines() if "cli.py " in line]
+    assert len(lines) >= 8
+    for page, line in lines:
+        words = line.split("cli.py ", 1)[1].split()
+        command = cli.main.commands.get(words[0])
+        assert command is not None, (page, line)
+        options = {o for p in command.params for o in p.opts + p.secondary_opts}
+        assert {w.split("=")[0] for w in words if w.startswith("--")} <= options, (page, line)

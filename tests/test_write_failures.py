@@ -63,7 +63,7 @@ def test_train_and_preprocess_under_a_file_size_limit_say_so_and_keep_the_previo
     from click.testing import CliRunner
 
     import cli
-    from tests.test_faults import snapshot
+    from tests.helpers import snapshot
 
     run = tmp_path / "run"
     r = CliRunner().invoke(cli.main, ["train", "--shards", str(easy_shards), "--model", "cnn4conv", "--epochs", "1",

@@ -30,8 +30,8 @@ from typing import Callable, Optional
 import h5py
 
 from ..shardset import shard_format
-from ..common.errors import UserError, disk_errors
-from ..common.files import FolderLock
+from ..common.errors import UserError
+from ..common.files import FolderLock, disk_errors
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,8 @@ def owned_files(out: Path) -> tuple[Optional[dict], set[str]]:
                         f"or pass an empty --out")
     if manifest is None and (out / shard_format.MANIFEST).exists() and older_manifest(out) is None and not owned:
         # not a set of ours (no shard of ours beside it): a commit would overwrite the user's file
-        raise UserError(f"{out / shard_format.MANIFEST}: not a manifest this tool wrote, and no shards of its own beside it; "
+        raise UserError(f"{out / shard_format.MANIFEST}: not a manifest this tool wrote, and no shards of its own "
+                        f"beside it; "
                         f"move it away or pass an empty --out")
     return manifest, owned
 

@@ -51,11 +51,12 @@ from ..shardset import shard_format
 from ..common.config import PreprocessConfig, to_dict
 from ..imaging.decode import DecodeError, decode_bytes, decode_image
 from .discover import DatasetError, Discovery, discover
-from ..common.errors import UserError, disk_errors, expect_folder
+from ..common.errors import UserError, expect_folder
+from ..common.files import disk_errors
 from ..common.env import cpu_count, environment
 from ..imaging.neardup import dhash, group
-from .reuse import (ROW_JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume, journaled, keep_for_resume,
-                    pixel_options, resume_pairs, row_crc)
+from .reuse import (ROW_JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume,
+                    journaled, keep_for_resume, pixel_options, resume_pairs, row_crc)
 from .commit import SetUpdate, older_manifest
 from .split import COMPATIBLE_RULES, SPLIT_RULE, content_split, shard_plan
 
@@ -280,7 +281,7 @@ def _decode_task(task: tuple[int, list]) -> RunResult:
 # Statistics come from every 4th pixel in each direction (1/16 of them) of
 # every training image: exact integer sums, so they do not depend on the
 # worker count. They differ from the all-pixel mean/std far less than any
-# augmentation shifts them (tests/test_preprocess.py holds them within 1%).
+# augmentation shifts them (tests/building/test_preprocess.py holds them within 1%).
 # The decode workers sum each run's rows while its pixels are in cache
 # (:func:`_row_stats`), so the training split's mean/std is a sum of those
 # rows' sums, not a second pass over the staged pixels (benchmarks/history/preprocess.md
@@ -443,7 +444,8 @@ def _shard_tasks(items: Items, cfg: PreprocessConfig, out: Path, done: Decoded, 
                                    [done.hashes[r] for r in rows], done.phashes[rows],
                                    {"class_names": items.classes, "image_size": cfg.size, "fit": cfg.fit,
                                     "split": split_name, "seed": cfg.seed, "shard_index": k, "num_shards": len(plan),
-                                    "class_counts": class_counts[split_name], "mean": mean_and_std[0], "std": mean_and_std[1]}))
+                                    "class_counts": class_counts[split_name], "mean": mean_and_std[0],
+                                    "std": mean_and_std[1]}))
             meta.append({"file": name, "split": split_name, "count": len(rows),
                          "class_counts": np.bincount(labels[rows], minlength=len(items.classes)).tolist()})
     return tasks, meta

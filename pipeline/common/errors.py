@@ -9,18 +9,13 @@ The command line tells two kinds of failure apart:
 * anything else is a bug (or CUDA OOM, an NCCL failure) and keeps its
   traceback.
 
-A full disk reads ``no space left on device: PATH`` (:func:`disk_errors`);
-the file operations built on it live in :mod:`pipeline.common.files`.
+The file operations, and the one line an OS refusal of a write becomes
+(``no space left on device: PATH``), live in :mod:`pipeline.common.files`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import re
 from pathlib import Path
-from typing import Iterator, Optional
 
 
 class UserError(Exception):
@@ -42,46 +37,6 @@ class DiskFullError(WriteError):
 
 class BusyError(UserError):
     """Another process holds the folder's lock."""
-
-
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-# What to do about each refusal, by errno (the message names the file and the reason first).
-_FIX = {
-    errno.EFBIG: "the file-size limit of this filesystem or process (`ulimit -f`) is below it; raise it or "
-                 "write elsewhere",
-    errno.EIO: "the disk reported an I/O error; check it and run again",
-    errno.EROFS: "the filesystem is read-only; write to another folder",
-    errno.EACCES: "no permission to write there; write to another folder",
-    errno.EPERM: "no permission to write there; write to another folder",
-}
-_H5_ERRNO = re.compile(r"errno = (\d+)")
-
-
-def _errno(exc: Exception) -> Optional[int]:
-    """The errno of an OSError, also where h5py carries it only in its text (``errno = 28``)."""
-    if getattr(exc, "errno", None) is not None:
-        return exc.errno
-    m = _H5_ERRNO.search(str(exc))
-    return int(m.group(1)) if m else (errno.ENOSPC if "No space left on device" in str(exc) else None)
-
-
-@contextlib.contextmanager
-def disk_errors(path: Path) -> Iterator[None]:
-    """Turn the OS refusing a write inside into one line naming ``path``, the reason and the fix:
-    :class:`DiskFullError` for a full disk or quota, :class:`WriteError` for the rest."""
-    try:
-        yield
-    except WriteError:
-        raise
-    except (OSError, RuntimeError) as exc:   # HDF5 reports a refused write on close as a RuntimeError
-        if isinstance(exc, RuntimeError) and not _H5_ERRNO.search(str(exc)):
-            raise
-        code = _errno(exc)
-        if code in _FULL:
-            raise DiskFullError(f"no space left on device: {path}; free some space and run again") from None
-        if code in _FIX:
-            raise WriteError(f"cannot write {path}: {os.strerror(code)}; {_FIX[code]}") from None
-        raise
 
 
 def expect_folder(path: Path, what: str, fix: str) -> Path:

@@ -2,18 +2,61 @@
 
 A file the tool writes appears whole or not at all (:func:`atomic_write`,
 :func:`write_text`), and one process at a time writes into a folder
-(:class:`FolderLock`); a refused write is a one-line user error
-(:func:`pipeline.common.errors.disk_errors`).
+(:class:`FolderLock`), and the OS refusing a write is one line naming
+the file, the reason and the fix (:func:`disk_errors`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
-from .errors import BusyError, disk_errors
+from .errors import BusyError, DiskFullError, WriteError
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+# What to do about each refusal, by errno (the message names the file and the reason first).
+_FIX = {
+    errno.EFBIG: "the file-size limit of this filesystem or process (`ulimit -f`) is below it; raise it or "
+                 "write elsewhere",
+    errno.EIO: "the disk reported an I/O error; check it and run again",
+    errno.EROFS: "the filesystem is read-only; write to another folder",
+    errno.EACCES: "no permission to write there; write to another folder",
+    errno.EPERM: "no permission to write there; write to another folder",
+}
+_H5_ERRNO = re.compile(r"errno = (\d+)")
+
+
+def _errno(exc: Exception) -> Optional[int]:
+    """The errno of an OSError, also where h5py carries it only in its text (``errno = 28``)."""
+    if getattr(exc, "errno", None) is not None:
+        return exc.errno
+    m = _H5_ERRNO.search(str(exc))
+    return int(m.group(1)) if m else (errno.ENOSPC if "No space left on device" in str(exc) else None)
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turn the OS refusing a write inside into one line naming ``path``, the reason and the fix:
+    :class:`DiskFullError` for a full disk or quota, :class:`WriteError` for the rest."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except (OSError, RuntimeError) as exc:   # HDF5 reports a refused write on close as a RuntimeError
+        if isinstance(exc, RuntimeError) and not _H5_ERRNO.search(str(exc)):
+            raise
+        code = _errno(exc)
+        if code in _FULL:
+            raise DiskFullError(f"no space left on device: {path}; free some space and run again") from None
+        if code in _FIX:
+            raise WriteError(f"cannot write {path}: {os.strerror(code)}; {_FIX[code]}") from None
+        raise
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

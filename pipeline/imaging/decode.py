@@ -10,7 +10,7 @@ before the antialiasing resize, a large part of a full decode + resize
 (libjpeg-turbo's Huffman decoding, which no reduced-size decode skips, is
 most of what is left; benchmarks/history/bench.md "Against the targets of the issues").
 The result differs from a full decode + resize by about one grey
-level on average (``tests/test_decode.py`` holds it under 3).
+level on average (``tests/imaging/test_decode.py`` holds it under 3).
 """
 
 from __future__ import annotations

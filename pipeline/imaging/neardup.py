@@ -13,7 +13,7 @@ width), and bit (r, c) = 1 when block (r, c) is brighter on average than
 block (r, c + 1). Block means are compared by cross-multiplying integer
 sums, so the hash is exact integer arithmetic: the same pixels give the
 same bits on every machine. It survives re-encoding, rescaling and shifts
-of a pixel or two (tests/test_neardup.py); the default ``K`` was chosen on
+of a pixel or two (tests/imaging/test_neardup.py); the default ``K`` was chosen on
 the real images (benchmarks/history/split.md "Near-duplicates").
 
 Grouping stays near-linear in the number of images (multi-index hashing):

@@ -553,9 +553,9 @@ def create_loader(split: SplitSet, cfg: Optional[LoaderConfig] = None, *, device
         up = dist.is_available() and dist.is_initialized()
         rank = dist.get_rank() if up and rank is None else (rank or 0)
         world_size = dist.get_world_size() if up and world_size is None else (world_size or 1)
+    mode = resolve_cache(cfg.cache, split, device)
+    logger.info("loader: %d images, cache=%s, workers=%d", len(split), mode, cfg.workers)
     sampler = EpochBatchSampler(split.offsets, split.labels, cfg.batch_size, seed=cfg.seed, rank=rank,
                                 world_size=world_size, shuffle=train, balance=cfg.balance if train else 0.0,
                                 drop_last=train and cfg.drop_last)
-    mode = resolve_cache(cfg.cache, split, device)
-    logger.info("loader: %d images, cache=%s, workers=%d", len(split), mode, cfg.workers)
     return BatchLoader(split, cfg, device, mode, sampler, transform)

@@ -50,8 +50,8 @@ from typing import Optional
 import h5py
 import numpy as np
 
-from ..common.errors import UserError, disk_errors
-from ..common.files import write_text
+from ..common.errors import UserError
+from ..common.files import disk_errors, write_text
 from ..imaging.neardup import dhash, group
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,6 @@ import numpy as np
 
 from ..common.config import BenchConfig, PreprocessConfig, to_dict
 from ..building.discover import discover
-from .bench_loading import bench_loading
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +268,10 @@ def run_bench(cfg: BenchConfig, progress: Callable[[str], None] = logger.info) -
         progress("stage 1/3: preprocess vs the notebooks' loop")
         pre = bench_preprocess(root, files, shards, cfg)
         progress("stage 2/3: one epoch of loading")
+        # imported here, not at the top: the preprocess contenders run in fresh processes that import
+        # this module, and torch would count in their start-up time and peak memory
+        from .bench_loading import bench_loading
+
         load = bench_loading(files, shards, cfg, device, _notebook_decode)
         progress(f"stage 3/3: {cfg.model} training step")
         trn = bench_training(shards, cfg, device)

@@ -1,4 +1,5 @@
-"""Plots drawn with PIL (matplotlib would pull Pillow over Pillow-SIMD).
+"""What a run writes for a reader: ``metrics.csv`` and plots drawn with PIL (matplotlib would pull
+Pillow over Pillow-SIMD).
 
 Drawn to read at a glance as a plotting library's would: round axis ticks
 (1, 2, 2.5 or 5 times a power of ten), integer epoch ticks, legends and
@@ -9,13 +10,15 @@ atomically (a full disk never leaves a half PNG).
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..common.files import atomic_write
+from ..common.files import atomic_write, write_text
 
 COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40))
 INK, GRID, MUTED = (20, 20, 20), (228, 228, 228), (110, 110, 110)
@@ -182,3 +185,19 @@ def plot_confusion(cm: np.ndarray, names: list[str], path: Path) -> None:
         draw.text((20, y), f"{w['true']} -> {w['predicted']}: {w['count']} ({100 * w['share']:.0f}% of "
                            f"{w['true']})", fill=INK, font=font)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def write_metrics(out: Path, history: list[dict]) -> None:
+    """``metrics.csv``: one row per epoch."""
+    buf = io.StringIO()
+    # every key of every row, in first-seen order: a run resumed from an older checkpoint adds columns
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
+    w.writeheader()
+    w.writerows(history)
+    write_text(out / "metrics.csv", buf.getvalue())
+
+
+def write_records(out: Path, history: list[dict]) -> None:
+    """A run's records after each epoch: ``metrics.csv`` and ``curves.png`` (both atomically)."""
+    write_metrics(out, history)
+    plot_curves(history, out / "curves.png")

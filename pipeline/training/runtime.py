@@ -1,4 +1,11 @@
-"""Where and in which precision a run computes: device choice, the AMP policy, CUDA switches.
+"""Where and in which precision a process computes: its device, its rank and process group under
+``torchrun``, the AMP policy, CUDA switches.
+
+``torchrun --nproc_per_node=N cli.py train ...`` sets RANK, LOCAL_RANK,
+WORLD_SIZE, MASTER_ADDR and MASTER_PORT; :func:`setup` reads them and joins
+the process group (NCCL on CUDA, gloo on CPU). A plain ``python cli.py
+train`` has no WORLD_SIZE and stays single-process
+(:mod:`pipeline.training.distributed` holds the collectives).
 
 Shared by training, evaluation and the bench, so they agree on what
 ``--amp`` and ``--device`` mean: the AMP step is written once
@@ -9,9 +16,12 @@ Shared by training, evaluation and the bench, so they agree on what
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..common.env import cpu_has_fast_bf16
@@ -39,6 +49,58 @@ def peak_memory_mb(device: torch.device) -> dict:
     peak = torch.cuda.max_memory_allocated(device) / 2 ** 20
     torch.cuda.reset_peak_memory_stats(device)
     return {"peak_gpu_mb": round(peak, 1)}
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: rank r of world_size, on device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 alone writes checkpoints, metrics, plots and shows progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: torch.device) -> DistContext:
+    """Join the process group when launched by torchrun; pick this rank's device.
+
+    Args:
+        device: the resolved device (:func:`resolve_device`); under
+            torchrun CUDA means ``cuda:LOCAL_RANK``.
+
+    Raises:
+        RuntimeError: fewer GPUs than local ranks.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device.type == "cuda"
+    if use_cuda:
+        if local >= torch.cuda.device_count():
+            raise RuntimeError(f"local rank {local} but only {torch.cuda.device_count()} GPUs on this node; "
+                               f"lower --nproc_per_node")
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    else:
+        dev = device
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+        logger.info("rank %d/%d joined the process group on %s", rank, world, dev)
+    return DistContext(rank, world, local, dev)
+
+
+def cleanup(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def amp_dtype(device: torch.device, amp: bool) -> Optional[torch.dtype]:

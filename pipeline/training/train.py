@@ -15,8 +15,6 @@ epoch k gives bit-identical metrics to one that never stopped.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import time
@@ -29,20 +27,19 @@ from torch import nn
 from tqdm import tqdm
 
 from model import count_parameters, create_model
-from . import distributed
-from .checkpoint import CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from ..common.config import TrainPlan, check_image_size
 from ..common.files import FolderLock, write_text
 from ..reading.loader import create_loader
 from ..reading.transform import DeviceTransform
-from .budget import TimeBudget
-from .optim import WeightEma, lr_at, make_optimizer, res_at, set_lr
-from .resume import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via pipeline.training.train)
-from .runtime import Precision, configure_cuda, peak_memory_mb, resolve_device
 from ..shardset.shard_format import ShardSet, open_set
-from . import steploop
-from .steploop import EpochSums, NanCheck, RunPosition, Stopped, StopRequest
-from .validation import Validator
+from . import distributed, steploop
+from .checkpoint import load_checkpoint, restore_run, rng_state, save_checkpoint
+from .checkpoint import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via train)
+from .metrics import Validator
+from .optim import WeightEma, lr_at, make_optimizer, res_at, set_lr
+from .plots import write_records
+from .runtime import DistContext, Precision, cleanup, configure_cuda, peak_memory_mb, resolve_device, setup
+from .steploop import EpochSums, NanCheck, RunPosition, Stopped, StopRequest, TimeBudget
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +87,7 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
     ckpt = None
     if resume is not None:
         ckpt = checkpoint if checkpoint is not None else load_checkpoint(resume, for_resume=True)
-    ctx = distributed.setup(resolve_device(plan.run.device))  # checks the device before joining any process group
+    ctx = setup(resolve_device(plan.run.device))  # checks the device before joining any process group
     try:
         if ckpt is not None:
             check_resume(ckpt, plan, resume, classes, size, ctx.world_size)
@@ -106,10 +103,10 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
             finally:
                 trainer.close()   # inside the lock: the loader workers hold its file too
     finally:
-        distributed.cleanup(ctx)
+        cleanup(ctx)
 
 
-def build_model(plan: TrainPlan, ctx: distributed.DistContext) -> nn.Module:
+def build_model(plan: TrainPlan, ctx: DistContext) -> nn.Module:
     """The model, initialised from ``run.seed`` (identical on every rank), channels-last on the device.
 
     After it, torch's CPU RNG is reseeded per rank: dropout draws a stream of its own on each.
@@ -123,11 +120,12 @@ def build_model(plan: TrainPlan, ctx: distributed.DistContext) -> nn.Module:
         if device.type != "cuda":
             raise TrainingError("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); drop it on CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # channels-last: faster convolutions on CPU and CUDA (benchmarks/history/bench.md "CPU training: dtype and memory format")
+    # channels-last: faster convolutions on CPU and CUDA (benchmarks/history/bench.md "CPU training:
+    # dtype and memory format")
     return model.to(device, memory_format=torch.channels_last)
 
 
-def build_loaders(sset: ShardSet, train_split, val_split, plan: TrainPlan, ctx: distributed.DistContext,
+def build_loaders(sset: ShardSet, train_split, val_split, plan: TrainPlan, ctx: DistContext,
                   transform: DeviceTransform):
     """(train loader, val loader or None). The train loader owns the transform (and its RNG state).
 
@@ -143,7 +141,7 @@ def build_loaders(sset: ShardSet, train_split, val_split, plan: TrainPlan, ctx: 
     return train, val
 
 
-def wrap_forward(model: nn.Module, plan: TrainPlan, ctx: distributed.DistContext) -> nn.Module:
+def wrap_forward(model: nn.Module, plan: TrainPlan, ctx: DistContext) -> nn.Module:
     """What the step calls: the model, under DDP with torchrun, compiled with ``--compile``."""
     fwd = model
     if ctx.distributed:
@@ -161,7 +159,7 @@ class Trainer:
     macro-F1), ``metrics.csv`` and ``curves.png``, all atomically.
     """
 
-    def __init__(self, sset: ShardSet, train_split, val_split, plan: TrainPlan, ctx: distributed.DistContext,
+    def __init__(self, sset: ShardSet, train_split, val_split, plan: TrainPlan, ctx: DistContext,
                  say: Callable[[str], None], progress: bool, sync_debug: Optional[str] = None) -> None:
         self.sset, self.plan, self.ctx, self.say, self.progress = sset, plan, ctx, say, progress
         self.sync_debug = sync_debug  # "error": any host-device sync in the step loop raises (CUDA)
@@ -204,29 +202,10 @@ class Trainer:
                 loader.close()
 
     def restore(self, ckpt: dict, path: Path) -> None:
-        """Continue from a checkpoint: weights, optimiser, scaler, RNGs, position, history."""
-        load_weights(self.model, ckpt, path)
-        if self.ema is not None:
-            if not isinstance(ckpt.get("ema"), dict):
-                raise CheckpointError(f"not a checkpoint of this tool: {path} (its recipe averages the weights "
-                                      f"but it holds no average)")
-            self.ema.load_state_dict(ckpt["ema"])
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"not a checkpoint of this tool: {path} (optimizer state does not fit: "
-                                  f"{str(exc).splitlines()[0][:120]})") from None
-        if ckpt["precision"] != self.prec.name:
-            self.say(f"{path} trained in {ckpt['precision']}; this machine continues in {self.prec.name}")
-        if self.prec.scaler.is_enabled() and ckpt["scaler"]:
-            self.prec.scaler.load_state_dict(ckpt["scaler"])  # else a fresh scale: fp16 starts here
-        set_rng_state(ckpt["rng"][self.ctx.rank], self.transform)
-        self.best_f1, self.history = float(ckpt.get("best_f1", -1.0)), list(ckpt["history"])
+        """Continue from a checkpoint: weights, optimiser, scaler, RNGs (:func:`restore_run`), then
+        the position, history and best score."""
+        self.history, self.best_f1, self.position = restore_run(ckpt, path, self)
         self.budget.restore(self.history)   # its estimate of a validation
-        try:
-            self.position = RunPosition.from_dict(ckpt["position"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"not a checkpoint of this tool: {path} (bad position: {exc})") from None
         e, k = self.position.epoch, self.position.step
         self.summary += f"\nresumed from {path}: epoch {e + 1}" + (f", batch {k + 1} of {self.steps}" if k else "")
 
@@ -241,10 +220,6 @@ class Trainer:
                 "class_names": self.sset.class_names, "mean": self.sset.mean.tolist(), "std": self.sset.std.tolist(),
                 "config": self.plan.to_dict(), "preprocess": self.sset.manifest["options"],
                 "shards": str(self.sset.root)}
-
-    def _save(self, name: str, payload: dict) -> None:
-        if self.ctx.is_main:
-            save_checkpoint(self.out / name, payload)
 
     def run(self, stop_after: Optional[int] = None, on_step: Optional[Callable[[int, int], None]] = None) -> dict:
         o, ctx = self.plan.optim, self.ctx
@@ -273,7 +248,8 @@ class Trainer:
                     raise Stopped(stop.signum)
                 # decided before validating: an epoch the budget makes the run's last is validated
                 # even if it trained below the stored side, so a budgeted run always has a best.pt
-                ends = epoch + 1 < last and self.budget.over(epoch, stats, wall_s())
+                ends = epoch + 1 < last and self.budget.over(epoch, stats, wall_s(),
+                                                             res_at(o, epoch + 1, self.plan.model.image_size))
                 self._end_epoch(epoch, stats, wall_s, final=ends)
                 if stop.agreed(ctx, 0) and epoch + 1 < last:
                     self.say(f"interrupted after epoch {epoch + 1}; continue with --resume {self.out / 'last.pt'}")
@@ -310,14 +286,11 @@ class Trainer:
         self.position = RunPosition(epoch + 1)
         data = self._payload(self.position)
         if self.ctx.is_main:
-            self._save("last.pt", data)
+            save_checkpoint(self.out / "last.pt", data)
             if improved:
-                self._save("best.pt", data)
+                save_checkpoint(self.out / "best.pt", data)
             (self.out / "interrupted.pt").unlink(missing_ok=True)  # superseded by last.pt
-            _write_metrics(self.out, self.history)
-            from .plots import plot_curves
-
-            plot_curves(self.history, self.out / "curves.png")
+            write_records(self.out, self.history)
         if val["f1"] is not None:  # what a validated epoch adds to its training (the budget's estimate)
             self.budget.val_seconds = time.perf_counter() - t_end
         v = (f"val loss {val['loss']:.4f} acc {val['acc']:.3f} macro-F1 {val['f1']:.3f}" if val["f1"] is not None
@@ -389,17 +362,10 @@ class Trainer:
         self.position = RunPosition(state["epoch"], state["batch"],
                                     sums.partial(self.train_loader.wait_seconds, seconds))
         # under torchrun every rank stopped at this step: gather their RNG states, rank 0 writes
-        self._save("interrupted.pt", self._payload(self.position, gather=self.ctx.distributed))
+        payload = self._payload(self.position, gather=self.ctx.distributed)
+        if self.ctx.is_main:
+            save_checkpoint(self.out / "interrupted.pt", payload)
         # no rank exits before the checkpoint is whole: a launcher stops the others when one exits
         distributed.barrier(self.ctx)
         self.say(f"interrupted in epoch {epoch + 1} after batch {state['batch']} of {self.steps}; continue with "
                  f"--resume {self.out / 'interrupted.pt'}")
-
-
-def _write_metrics(out: Path, history: list[dict]) -> None:
-    buf = io.StringIO()
-    # every key of every row, in first-seen order: a run resumed from an older checkpoint adds columns
-    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in history for k in row)), restval="")
-    w.writeheader()
-    w.writerows(history)
-    write_text(out / "metrics.csv", buf.getvalue())

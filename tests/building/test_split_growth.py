@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from pipeline.common.config import PreprocessConfig
 from pipeline.building.preprocess import preprocess
 from pipeline.building.split import content_split, group_score
-from tests.test_honest_split import scene, scenes_tree, sides
+from tests.building.test_honest_split import scene, scenes_tree, sides
 
 VAL_FRAC, SEED = 0.15, 42
 

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.training.runtime import Precision
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 STEPS = ["env", "cuda-tests", "data", "preprocess", "sync-debug", "train bart --cache device",
          "train bart --cache none", "train resnet --cache device", "train resnet --cache none", "bench", "export",

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from pipeline.inference import export as ex
+from pipeline.inference import export as export_module
 from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig
 from pipeline.inference.evaluate import Classifier, predict_paths
 from pipeline.inference.export import OnnxClassifier, export_onnx
@@ -38,7 +38,8 @@ def exported(request, easy_shards, tmp_path_factory):
 def test_onnx_runtime_equals_pytorch_on_decoded_images_and_the_metadata_round_trips(exported, images, easy_shards):
     name, out, r = exported
     assert (out / "model.onnx").stat().st_size == r["bytes"] and not (out / "model.onnx.tmp").exists()
-    assert r["max_prob_diff"] <= ex.PROB_TOL and r["check_images"] > 0
+    assert r["max_prob_diff"] <= export_module.PROB_TOL
+    assert r["check_images"] == min(export_module.CHECK_IMAGES, open_set(easy_shards).counts["val"])
     clf = Classifier.from_checkpoint(out / "best.pt", device="cpu")
     onx = OnnxClassifier.load(out / "model.onnx")
     sset = open_set(easy_shards)
@@ -72,8 +73,8 @@ def test_onnx_runtime_equals_pytorch_on_decoded_images_and_the_metadata_round_tr
 @pytest.mark.parametrize("exported", ["cnn4conv"], indirect=True)
 def test_a_mismatch_is_an_error_and_writes_nothing(exported, monkeypatch, tmp_path):
     _, out, _ = exported
-    monkeypatch.setattr(ex, "PROB_TOL", -1.0)
-    with pytest.raises(ex.ExportError, match="differs from PyTorch"):
+    monkeypatch.setattr(export_module, "PROB_TOL", -1.0)
+    with pytest.raises(export_module.ExportError, match="differs from PyTorch"):
         export_onnx(out / "best.pt", tmp_path / "bad.onnx")
     assert list(tmp_path.iterdir()) == []
 
@@ -121,5 +122,5 @@ def test_without_the_extra_export_says_how_to_get_it(monkeypatch, tmp_path):
             raise ImportError("No module named 'onnxruntime'", name="onnxruntime")
         return real(name, *a, **k)
     monkeypatch.setattr(builtins, "__import__", no_onnx)
-    with pytest.raises(ex.ExportError, match=r"pip install '\.\[export\]'"):
+    with pytest.raises(export_module.ExportError, match=r"pip install '\.\[export\]'"):
         export_onnx(tmp_path / "any.pt", tmp_path / "m.onnx")

@@ -18,9 +18,9 @@ from pipeline.common.config import PreprocessConfig
 from pipeline.building.preprocess import preprocess, write_set
 from pipeline.building.reuse import ROW_JOURNAL, RESUME_PREFIX, STAGING
 from pipeline.building.commit import BUILD
-from tests.test_honest_split import save, scene, scenes_tree
+from tests.building.test_honest_split import save, scene, scenes_tree
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # what a manifest may differ by between equal builds (placed_before: how many sides a grown set kept)
 VARYING = ("timings", "environment", "workers", "placed_before")
 
@@ -110,10 +110,10 @@ KILLER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from pipeline.building import preprocess as pp
+from pipeline.building import preprocess as preprocess_module
 from pipeline.building import reuse
 from pipeline.common.config import PreprocessConfig
-pp.decode_run = lambda size: 8                 # journal every 8 rows, so the kill lands mid-build
+preprocess_module.decode_run = lambda size: 8                 # journal every 8 rows, so the kill lands mid-build
 real = reuse.RowJournal.record
 done = [0]
 def record(self, start, digests, reasons, *rest):
@@ -122,7 +122,7 @@ def record(self, start, digests, reasons, *rest):
     if done[0] >= {after}:
         os.kill(os.getpid(), signal.SIGKILL)   # as a lost node or the OOM killer would
 reuse.RowJournal.record = record
-pp.preprocess(Path({data!r}), Path({out!r}), PreprocessConfig(size=32), workers={workers})
+preprocess_module.preprocess(Path({data!r}), Path({out!r}), PreprocessConfig(size=32), workers={workers})
 """
 
 

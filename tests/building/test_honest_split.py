@@ -11,7 +11,7 @@ from pipeline.shardset import shard_format
 from pipeline.common.config import PreprocessConfig
 from pipeline.imaging.neardup import dhash, popcount
 from pipeline.building.preprocess import preprocess
-from tests.test_neardup import jpeg, scene, stored
+from tests.imaging.test_neardup import jpeg, scene, stored
 
 
 def save(im, path, quality=90):

@@ -45,7 +45,7 @@ def test_round_trip_pixels_labels_and_attributes(shards32, lookalike):
                 plain = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32), RESAMPLE))
                 assert np.abs(px[j].astype(int) - plain.astype(int)).mean() < 4.0
                 seen += 1
-        assert seen > 0
+        assert seen == sum(-(-s.count // 7) for s in ss.shards)   # every sampled row was checked
 
 
 def test_quirks_are_skipped_or_kept_with_reasons(shards32):
@@ -187,17 +187,17 @@ def test_cli_exit_codes_and_summary(tmp_path):
 
 
 def test_a_file_that_crashes_the_decoder_is_one_skipped_file(tmp_path, monkeypatch):
-    import pipeline.building.preprocess as pp
+    import pipeline.building.preprocess as preprocess_module
 
     root = make_class_tree(tmp_path / "data", {"a": 4, "b": 4})
-    real = pp.decode_bytes
+    real = preprocess_module.decode_bytes
 
     def flaky(data, *a, **k):
         if data == (root / "b" / "img_002.jpg").read_bytes():
             raise IndexError("decoder bug")
         return real(data, *a, **k)
 
-    monkeypatch.setattr(pp, "decode_bytes", flaky)
+    monkeypatch.setattr(preprocess_module, "decode_bytes", flaky)
     m = preprocess(root, tmp_path / "out", PreprocessConfig(size=16), workers=1)
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
     assert reasons["b/img_002.jpg"] == "cannot decode: IndexError: decoder bug"
