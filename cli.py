@@ -22,6 +22,7 @@ import click
 
 from pipeline.common import config as pconfig
 from pipeline.common.errors import UserError
+from pipeline.common.untrusted import printable
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -30,6 +31,19 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 # data commands do not import torch (tests/networks/test_model.py checks they agree).
 MODELS = click.Choice(["bart", "cnn4conv", "resnet"])
 DEVICES = click.Choice(list(pconfig.DEVICES))
+
+
+def echo(text="", err: bool = False) -> None:
+    """``click.echo`` of lines that may carry text from someone else's files (class names, paths):
+    control characters escaped, newlines kept (docs/guarantees.md "Security")."""
+    click.echo("\n".join(printable(line) for line in str(text).split("\n")), err=err)
+
+
+class _Printable(logging.Formatter):
+    """Log lines with control characters escaped, as :func:`echo` prints."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(printable(line) for line in super().format(record).split("\n"))
 
 
 class Bounded(click.ParamType):
@@ -79,11 +93,11 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            click.echo(f"error: {exc}", err=True)
+            echo(f"error: {exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt as exc:  # what was written is whole (train has said where to resume)
             signum = getattr(exc, "signum", 2)      # Ctrl-C, or SIGTERM (a scheduler's preemption) in train
-            click.echo("interrupted" if signum == 2 else f"stopped by {exc}", err=True)
+            echo("interrupted" if signum == 2 else f"stopped by {exc}", err=True)
             ctx.exit(128 + signum)
 
 
@@ -93,6 +107,8 @@ def main(verbose: int) -> None:
     """Decode images once into HDF5 shards, then train at memory speed."""
     level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_Printable("%(levelname)s %(name)s: %(message)s"))
 
 
 @main.command()
@@ -101,14 +117,14 @@ def info() -> None:
     from pipeline.common.env import environment
 
     env = environment()
-    click.echo(f"python        {env['python']}")
-    click.echo(f"torch         {env['torch']}")
-    click.echo(f"h5py          {env['h5py']} (HDF5 {env['hdf5']})")
-    click.echo(f"numpy         {env['numpy']}")
-    click.echo(f"PIL           {env['pil_version']} ({'Pillow-SIMD' if env['pillow_simd'] else 'Pillow'})")
-    click.echo(f"libjpeg-turbo {'yes' if env['libjpeg_turbo'] else 'no'} (libjpeg {env['jpeg_version']})")
-    click.echo(f"CPU           {env['cpu_model']} x {env['cpu_count']}")
-    click.echo(f"CUDA devices  {', '.join(env['cuda_devices']) or 'none'}")
+    echo(f"python        {env['python']}")
+    echo(f"torch         {env['torch']}")
+    echo(f"h5py          {env['h5py']} (HDF5 {env['hdf5']})")
+    echo(f"numpy         {env['numpy']}")
+    echo(f"PIL           {env['pil_version']} ({'Pillow-SIMD' if env['pillow_simd'] else 'Pillow'})")
+    echo(f"libjpeg-turbo {'yes' if env['libjpeg_turbo'] else 'no'} (libjpeg {env['jpeg_version']})")
+    echo(f"CPU           {env['cpu_model']} x {env['cpu_count']}")
+    echo(f"CUDA devices  {', '.join(env['cuda_devices']) or 'none'}")
 
 
 @main.command()
@@ -128,7 +144,7 @@ def synth(out: Path, scale: float, seed: int, workers: int | None) -> None:
         summary = generate(out, SynthConfig(scale=scale, seed=seed), workers=workers, progress=True)
     except (ValueError, OSError) as exc:
         raise UserError(f"{out}: {exc}") from None
-    click.echo(f"wrote {summary['images']} images ({summary['bytes'] / 1e6:.1f} MB) in "
+    echo(f"wrote {summary['images']} images ({summary['bytes'] / 1e6:.1f} MB) in "
                f"{summary['classes']} classes to {out}; quirks: {summary['quirks']}")
 
 
@@ -141,9 +157,9 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
     if data_dir is not None:
         return data_dir
     path, how = default_data_dir()
-    click.echo(f"no --data-dir: using {how}", err=True)
+    echo(f"no --data-dir: using {how}", err=True)
     if not path.is_dir():
-        click.echo(f"generating the look-alike set in {path} (once)", err=True)
+        echo(f"generating the look-alike set in {path} (once)", err=True)
         generate(path, SynthConfig(), progress=True)
     return path
 
@@ -176,58 +192,58 @@ def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, com
                            compression=None if compression == "none" else compression, near_dup=near_dup)
     m = run(resolve_data_dir(data_dir), out, cfg, workers=workers, force=force, progress=True)
     if m["up_to_date"]:
-        click.echo(f"{out}: up to date ({m['counts']['train']} train, {m['counts']['val']} val); "
+        echo(f"{out}: up to date ({m['counts']['train']} train, {m['counts']['val']} val); "
                    f"--force rebuilds")
         return
     if m.get("rebuilt_because"):
-        click.echo(f"{out}: rebuilt the shard set ({m['rebuilt_because']})")
+        echo(f"{out}: rebuilt the shard set ({m['rebuilt_because']})")
     w = m.get("work")
     if w:
-        click.echo(f"{w['decoded']} decoded, {w['reused']} reused, {w['removed']} removed")
+        echo(f"{w['decoded']} decoded, {w['reused']} reused, {w['removed']} removed")
     t = m["timings"]
-    click.echo(f"{out}: {m['counts']['train']} train / {m['counts']['val']} val images at {size}x{size} "
+    echo(f"{out}: {m['counts']['train']} train / {m['counts']['val']} val images at {size}x{size} "
                f"in {sum(1 for _ in m['shards'])} shards")
-    click.echo(f"skipped {len(m['skipped'])} files, dropped {len(m['duplicates'])} duplicates "
+    echo(f"skipped {len(m['skipped'])} files, dropped {len(m['duplicates'])} duplicates "
                f"(reasons in {out}/manifest.json)")
     for s in m["skipped"][:10]:
-        click.echo(f"  skipped {s['path']}: {s['reason']}")
+        echo(f"  skipped {s['path']}: {s['reason']}")
     if len(m["skipped"]) > 10:
-        click.echo(f"  ... and {len(m['skipped']) - 10} more")
+        echo(f"  ... and {len(m['skipped']) - 10} more")
     if m["single_image_classes"]:
-        click.echo(f"classes of one image or one group (train only): {', '.join(m['single_image_classes'])}")
+        echo(f"classes of one image or one group (train only): {', '.join(m['single_image_classes'])}")
     _split_summary(m["split"], out, m.get("placed_before", 0))
-    click.echo(f"{m['files_found']} files in {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s, "
+    echo(f"{m['files_found']} files in {t['total_s']:.1f} s ({t['images_per_s']:.0f} images/s, "
                f"{m['workers']} workers)")
 
 
 def _split_summary(sp: dict, out: Path, placed_before: int = 0) -> None:
     """What preprocess says of its split: groups, cross-class groups, fall-backs, the most uneven classes."""
-    click.echo(f"near-duplicates (within {sp['near_dup']} bits): {sp['images_in_groups']} images in {sp['groups']} "
+    echo(f"near-duplicates (within {sp['near_dup']} bits): {sp['images_in_groups']} images in {sp['groups']} "
                f"groups (largest {sp['largest_group']}), each group on one side; val share {sp['val_share']:.1%}")
     cross = sp["cross_class_groups"]
     if cross:
-        click.echo(f"{len(cross)} group(s) span classes (same frame under two labels?), listed in "
+        echo(f"{len(cross)} group(s) span classes (same frame under two labels?), listed in "
                    f"{out}/manifest.json under split.cross_class_groups:")
         for g in sorted(cross, key=lambda g: len(g["paths"]))[:5]:
             more = f" (+{len(g['paths']) - 4} more)" if len(g["paths"]) > 4 else ""
-            click.echo(f"  {' ~ '.join(g['paths'][:4])}{more}")
+            echo(f"  {' ~ '.join(g['paths'][:4])}{more}")
     if sp["fallbacks"]:
-        click.echo(f"{len(sp['fallbacks'])} small-class group(s) placed by the fall-back, not their score "
+        echo(f"{len(sp['fallbacks'])} small-class group(s) placed by the fall-back, not their score "
                    f"(split.fallbacks in {out}/manifest.json):")
     for f in sp["fallbacks"][:5]:
-        click.echo(f"  {f['paths'][0]}{' (+%d)' % (len(f['paths']) - 1) if len(f['paths']) > 1 else ''} -> "
+        echo(f"  {f['paths'][0]}{' (+%d)' % (len(f['paths']) - 1) if len(f['paths']) > 1 else ''} -> "
                    f"{f['split']}: {f['why']}")
     if len(sp["fallbacks"]) > 5:
-        click.echo(f"  ... and {len(sp['fallbacks']) - 5} more")
+        echo(f"  ... and {len(sp['fallbacks']) - 5} more")
     if placed_before:
         kept = sp.get("kept", [])
-        click.echo(f"{placed_before} images kept the side they had in the set; {len(kept)} group(s) placed "
+        echo(f"{placed_before} images kept the side they had in the set; {len(kept)} group(s) placed "
                    f"otherwise than a build from scratch would (split.kept in {out}/manifest.json)")
         for k in kept[:5]:
-            click.echo(f"  {k['paths'][0]}{' (+%d)' % (len(k['paths']) - 1) if len(k['paths']) > 1 else ''} -> "
+            echo(f"  {k['paths'][0]}{' (+%d)' % (len(k['paths']) - 1) if len(k['paths']) > 1 else ''} -> "
                        f"{k['split']}: {k['why']}")
     worst = ", ".join(f"{d['class']} {d['val_share']:.0%} of {d['images']}" for d in sp["class_val_share_deviation"])
-    click.echo(f"val share furthest from --val-frac: {worst}")
+    echo(f"val share furthest from --val-frac: {worst}")
 
 
 @main.command()
@@ -240,10 +256,10 @@ def verify(out: Path) -> None:
     problems = check(out)
     if problems:
         for p in problems:
-            click.echo(f"BAD {p}", err=True)
+            echo(f"BAD {p}", err=True)
         sys.exit(1)
     m = read_manifest(out)
-    click.echo(f"{out}: {len(m['shards'])} shards OK ({m['counts']['train']} train, {m['counts']['val']} val)")
+    echo(f"{out}: {len(m['shards'])} shards OK ({m['counts']['train']} train, {m['counts']['val']} val)")
 
 
 # What --resume takes from the checkpoint (parameter -> pipeline.training.checkpoint.RECIPE_KEYS name); a value
@@ -331,15 +347,15 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
                          compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes, ema=ema,
                          min_res=min_res, widths=widths)
-    summary = run(shards, plan, resume=resume, progress=True, say=click.echo, checkpoint=ckpt)
+    summary = run(shards, plan, resume=resume, progress=True, say=echo, checkpoint=ckpt)
     best = summary["best"]
     if summary["rank"] != 0:
         return
     if best:
-        click.echo(f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, macro-F1 {best['val_f1']:.3f} "
+        echo(f"best epoch {best['epoch']}: val acc {best['val_acc']:.3f}, macro-F1 {best['val_f1']:.3f} "
                    f"({summary['device']}, {summary['amp']}); checkpoints, metrics.csv, curves.png in {summary['out']}")
     elif not summary["has_val"]:
-        click.echo(f"no validation split in {shards} (preprocessed with --val-frac 0): no val metrics and no "
+        echo(f"no validation split in {shards} (preprocessed with --val-frac 0): no val metrics and no "
                    f"best.pt; the model is {summary['out']}/last.pt")
 
 
@@ -365,24 +381,24 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
     rep = (evaluate_dir(clf, data_dir, out, progress=True) if data_dir
            else evaluate_shards(clf, shards, split, out))
     if rep.get("stray_files"):
-        click.echo(f"{data_dir}: {len(rep['stray_files'])} file(s) outside the class folders, not scored: "
+        echo(f"{data_dir}: {len(rep['stray_files'])} file(s) outside the class folders, not scored: "
                    f"{', '.join(rep['stray_files'][:5])}{' ...' if len(rep['stray_files']) > 5 else ''}", err=True)
     width = max(len(n) for n in rep["per_class"]) if rep["per_class"] else 10
-    click.echo(f"{'class':<{width}}  precision  recall     f1  support")
+    echo(f"{'class':<{width}}  precision  recall     f1  support")
     for name, r in rep["per_class"].items():
-        click.echo(f"{name:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1-score']:5.3f}  {int(r['support']):7d}")
-    click.echo(f"{rep['source']}: {rep['images']} images, accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}")
+        echo(f"{name:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1-score']:5.3f}  {int(r['support']):7d}")
+    echo(f"{rep['source']}: {rep['images']} images, accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}")
     if rep["absent_predictions"]:
-        click.echo("predicted into classes absent from these images (counted as misses, not as classes): "
+        echo("predicted into classes absent from these images (counted as misses, not as classes): "
                    + ", ".join(f"{n} {k}" for n, k in rep["absent_predictions"].items()))
     if rep.get("unknown_classes"):
-        click.echo(f"left out {rep['left_out']} images of classes the model does not know: "
+        echo(f"left out {rep['left_out']} images of classes the model does not know: "
                    f"{', '.join(rep['unknown_classes'])}")
     for f in rep.get("failed", []):
-        click.echo(f"could not read {f['path']}: {f['reason']}", err=True)
+        echo(f"could not read {f['path']}: {f['reason']}", err=True)
     for w in rep["worst_confusions"][:5]:
-        click.echo(f"  confused {w['true']} -> {w['predicted']}: {w['count']} ({100 * w['share']:.0f}% of {w['true']})")
-    click.echo(f"confusion matrix: {rep['confusion_matrix_png']}; per-class table: {rep['per_class_csv']}")
+        echo(f"  confused {w['true']} -> {w['predicted']}: {w['count']} ({100 * w['share']:.0f}% of {w['true']})")
+    echo(f"confusion matrix: {rep['confusion_matrix_png']}; per-class table: {rep['per_class_csv']}")
     if json_path:
         from pipeline.common.files import write_text
 
@@ -414,9 +430,9 @@ def predict(paths, top_k, device, onnx_path) -> None:
         raise UserError(f"no image files found in {', '.join(map(str, paths))}")
     for r in results:
         if "error" in r:
-            click.echo(f"{r['path']}: ERROR {r['error']}")
+            echo(f"{r['path']}: ERROR {r['error']}")
         else:
-            click.echo(f"{r['path']}: " + ", ".join(f"{n} {p:.3f}" for n, p in r["top"]))
+            echo(f"{r['path']}: " + ", ".join(f"{n} {p:.3f}" for n, p in r["top"]))
     if any("error" in r for r in results):
         sys.exit(2)
 
@@ -436,10 +452,10 @@ def export(checkpoint, out, shards) -> None:
     out = expect_file_target(out or Path(checkpoint).with_suffix(".onnx"), "--out")
     r = export_onnx(checkpoint, out, shards)
     m = r["metadata"]
-    click.echo(f"{out}: {m['model']} for {len(json.loads(m['class_names']))} classes at {m['image_size']} px "
+    echo(f"{out}: {m['model']} for {len(json.loads(m['class_names']))} classes at {m['image_size']} px "
                f"({r['bytes'] / 1e6:.1f} MB; {'averaged' if m['averaged_weights'] == 'true' else 'trained'} weights"
                f"{', test-time flip' if m['tta'] == 'true' else ''})")
-    click.echo(f"checked on {r['check_images']} shard images: ONNX Runtime = PyTorch within {r['max_prob_diff']:.1e} "
+    echo(f"checked on {r['check_images']} shard images: ONNX Runtime = PyTorch within {r['max_prob_diff']:.1e} "
                f"in probabilities (tolerance {PROB_TOL:g}), {r['max_logit_diff']:.1e} in logits")
 
 
@@ -470,55 +486,55 @@ def bench(data_dir, size, model_name, workers, batch_size, limit, steps, quick, 
     json_path = json_path and expect_file_target(json_path, "--json")
     cfg = BenchConfig.create(resolve_data_dir(data_dir), size=size, model=model_name, workers=workers,
                              batch_size=batch_size, limit=limit, steps=steps, quick=quick)
-    r = run_bench(cfg, progress=lambda m: click.echo(m, err=True))
+    r = run_bench(cfg, progress=lambda m: echo(m, err=True))
     env = r["environment"]
-    click.echo(f"bench: {cfg.data_dir} at {size}px, {cfg.workers} workers, batch {cfg.batch_size}, device {r['device']}")
-    click.echo(f"       {env['cpu_model']} x {env['cpu_count']}, PIL {env['pil_version']} "
+    echo(f"bench: {cfg.data_dir} at {size}px, {cfg.workers} workers, batch {cfg.batch_size}, device {r['device']}")
+    echo(f"       {env['cpu_model']} x {env['cpu_count']}, PIL {env['pil_version']} "
                f"({'Pillow-SIMD' if env['pillow_simd'] else 'Pillow'}, libjpeg-turbo {env['libjpeg_turbo']}), "
                f"torch {env['torch']}")
     p = r["preprocess"]
-    click.echo("\n1. preprocess                      images/s   peak MB")
-    click.echo(f"   project (parallel, draft)     {p['project']['images_per_s']:10.0f}  {p['project']['peak_mb']:8.0f}")
-    click.echo(f"   notebooks' loop               {p['notebook_loop']['images_per_s']:10.0f}  {p['notebook_loop']['peak_mb']:8.0f}")
-    click.echo(f"   decode limit (decode only)    {p['decode_limit']['images_per_s']:10.0f}  {p['decode_limit']['peak_mb']:8.0f}")
-    click.echo(f"   project / notebooks'          {p['ratio']:9.2f}x")
-    click.echo(f"   decode limit / notebooks'     {p['limit_ratio']:9.2f}x")
-    click.echo(f"   project / decode limit        {100 * p['project_vs_limit']:9.1f}%")
+    echo("\n1. preprocess                      images/s   peak MB")
+    echo(f"   project (parallel, draft)     {p['project']['images_per_s']:10.0f}  {p['project']['peak_mb']:8.0f}")
+    echo(f"   notebooks' loop               {p['notebook_loop']['images_per_s']:10.0f}  {p['notebook_loop']['peak_mb']:8.0f}")
+    echo(f"   decode limit (decode only)    {p['decode_limit']['images_per_s']:10.0f}  {p['decode_limit']['peak_mb']:8.0f}")
+    echo(f"   project / notebooks'          {p['ratio']:9.2f}x")
+    echo(f"   decode limit / notebooks'     {p['limit_ratio']:9.2f}x")
+    echo(f"   project / decode limit        {100 * p['project_vs_limit']:9.1f}%")
     ph = p["project"]["phases"]
-    click.echo(f"   project's phases: {ph['before_s']:.2f} s before decoding, {ph['decode_s']:.2f} s decoding "
+    echo(f"   project's phases: {ph['before_s']:.2f} s before decoding, {ph['decode_s']:.2f} s decoding "
                f"({p['decode_phase_vs_limit']:.2f}x the decode limit's time), {ph['after_s']:.2f} s after "
                f"(shards {ph['shards_s']:.2f} s)")
-    click.echo(f"   best reachable / decode limit {100 * p['best_vs_limit']:9.1f}%  (decoding at the limit, "
+    echo(f"   best reachable / decode limit {100 * p['best_vs_limit']:9.1f}%  (decoding at the limit, "
                f"the other phases as measured)")
-    click.echo(f"   main process CPU per image    {p['main_cpu_us_per_image']:9.0f} us")
+    echo(f"   main process CPU per image    {p['main_cpu_us_per_image']:9.0f} us")
     for cores, c in p["ceilings"].items():
-        click.echo(f"   on {cores:>2} cores: decode limit {c['decode_limit']:,.0f} img/s, main process caps at "
+        echo(f"   on {cores:>2} cores: decode limit {c['decode_limit']:,.0f} img/s, main process caps at "
                    f"{c['main_process_cap']:,.0f} img/s ({c['bound_by']}-bound)")
     ld = r["loading"]
     rates = ld["images_per_s"]
-    click.echo("\n2. one epoch of loading           images/s")
+    echo("\n2. one epoch of loading           images/s")
     for key, label in (("project_dataloader", "project DataLoader (shards)"), ("project_resident", "project resident"),
                        ("per_sample_dataset", "per-sample Dataset + torch"),
                        ("notebook_loader", "notebooks' loader (float32)"), ("decode_every_epoch", "decode every epoch"),
                        ("memory_limit_numpy", "memory limit, numpy gather"),
                        ("memory_limit_torch", "memory limit, torch gather")):
-        click.echo(f"   {label:<29} {rates[key]:10.0f}")
-    click.echo(f"   DataLoader / notebooks'       {ld['dataloader_vs_notebook']:9.2f}x")
-    click.echo(f"   DataLoader / decode-every     {ld['dataloader_vs_decode']:9.2f}x")
-    click.echo(f"   per-sample / DataLoader       {100 * ld['per_sample_vs_dataloader']:9.1f}%")
-    click.echo(f"   resident / memory limit       {100 * ld['resident_vs_memory_limit']:9.1f}%")
-    click.echo(f"\n3. {model_name} training step      compute img/s  end-to-end img/s  data wait")
+        echo(f"   {label:<29} {rates[key]:10.0f}")
+    echo(f"   DataLoader / notebooks'       {ld['dataloader_vs_notebook']:9.2f}x")
+    echo(f"   DataLoader / decode-every     {ld['dataloader_vs_decode']:9.2f}x")
+    echo(f"   per-sample / DataLoader       {100 * ld['per_sample_vs_dataloader']:9.1f}%")
+    echo(f"   resident / memory limit       {100 * ld['resident_vs_memory_limit']:9.1f}%")
+    echo(f"\n3. {model_name} training step      compute img/s  end-to-end img/s  data wait")
     for key, t in r["training"].items():
         if "skipped" in t:
-            click.echo(f"   {key:<8} skipped: {t['skipped']}")
+            echo(f"   {key:<8} skipped: {t['skipped']}")
         else:
-            click.echo(f"   {key:<5} ({t['dtype']:<8})  {t['compute_images_per_s']:13.1f}  "
+            echo(f"   {key:<5} ({t['dtype']:<8})  {t['compute_images_per_s']:13.1f}  "
                        f"{t['end_to_end_images_per_s']:16.1f}  {100 * t['data_wait_share']:8.2f}%")
     if json_path:
         from pipeline.common.files import write_text
 
         write_text(json_path, json.dumps(r, indent=2, default=str) + "\n")
-        click.echo(f"\nwrote {json_path}")
+        echo(f"\nwrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from ..common.untrusted import not_a_file
+
 RESAMPLE = Image.Resampling.BILINEAR  # antialiased in Pillow (support grows when shrinking)
 
 
@@ -134,6 +136,9 @@ def decode_file(path, size: int, fit: str = "squash", min_side: int = 1, draft: 
         DecodeError: the reason, e.g. ``broken symbolic link`` or ``too small (1x1 < 16 px)``.
     """
     try:
+        kind = not_a_file(os.stat(path))   # before open(): opening a FIFO blocks, a device never ends
+        if kind:
+            raise DecodeError(f"{kind}, not an image file")
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:

@@ -34,6 +34,7 @@ import torch
 
 from ..common.errors import UserError
 from ..common.files import atomic_write
+from ..common.untrusted import regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -225,8 +226,7 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         path = Path(path)
-        if not path.is_file():
-            raise ExportError(f"{path}: no such file; pass a .onnx file written by `python cli.py export`")
+        regular_file(path, "a .onnx file written by `python cli.py export`", ExportError)   # not a FIFO or device
         try:
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models

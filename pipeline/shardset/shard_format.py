@@ -52,6 +52,7 @@ import numpy as np
 
 from ..common.errors import UserError
 from ..common.files import disk_errors, write_text
+from ..common.untrusted import COMPRESSION_RATIO, declared_bytes, read_json
 from ..imaging.neardup import dhash, group
 
 logger = logging.getLogger(__name__)
@@ -180,12 +181,15 @@ def open_shard(path: Path) -> tuple[Shard, dict, np.ndarray]:
                 raise ShardError(f"{path}: shard format version {version}, this code reads "
                                  f"{FORMAT_VERSION}; run `python cli.py preprocess --force`")
             attrs = {k: _attr(f, k) for k in f.attrs}
-            ds = f["images"]
-            labels = f["labels"][...].astype(np.int64)
+            ds, lab = f["images"], f["labels"]
             size = int(attrs["image_size"])
-            if ds.dtype != np.uint8 or ds.shape[1:] != (size, size, 3) or len(labels) != ds.shape[0]:
-                raise ShardError(f"{path}: images {ds.dtype} {ds.shape} / {len(labels)} labels do not "
+            if ds.dtype != np.uint8 or ds.shape[1:] != (size, size, 3) or lab.shape != ds.shape[:1]:
+                raise ShardError(f"{path}: images {ds.dtype} {ds.shape} / {lab.shape} labels do not "
                                  f"match image_size {size}")
+            # the header's shapes are the file's claim: checked against its size before any read
+            declared_bytes(path, ds.size + lab.size * lab.dtype.itemsize, path.stat().st_size,
+                           1.0 if ds.chunks is None else COMPRESSION_RATIO, error=ShardError)
+            labels = lab[...].astype(np.int64)
             offset = ds.id.get_offset() if ds.chunks is None else None
             return Shard(path, int(ds.shape[0]), size, offset), attrs, labels
     except ShardError:
@@ -205,13 +209,10 @@ def read_manifest(root: Path) -> dict:
     if Path(root).exists() and not Path(root).is_dir():
         raise ShardError(f"{root}: is a file, not a shard folder; pass the folder `python cli.py preprocess "
                          f"--out` wrote (it holds manifest.json)")
-    if not path.is_file():
+    if not path.exists():
         raise ShardError(f"{root}: no {MANIFEST}, so no complete shard set; "
                          f"run `python cli.py preprocess --out {root}`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ShardError(f"{path}: unreadable manifest ({exc}); {FIX}") from None
+    manifest = read_json(path, "a manifest", error=lambda why: ShardError(f"{why}; {FIX}"))
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise ShardError(f"{path}: format version {version}, this code reads {FORMAT_VERSION}; {FIX}")

@@ -42,6 +42,7 @@ from ..common.config import (ConfigError, LoaderConfig, ModelConfig, OptimConfig
                              to_dict)
 from ..common.errors import UserError
 from ..common.files import atomic_write
+from ..common.untrusted import regular_file
 
 FORMAT = "simpsons-shards-checkpoint-2"
 READS = ("simpsons-shards-checkpoint-1", FORMAT)  # -1 lacks position/precision: resumes at an epoch's end
@@ -90,6 +91,18 @@ def _need(ok: bool, path: Path, why: str) -> None:
         raise _foreign(path, why)
 
 
+def _checkpoint_file(path: Path) -> None:
+    """CheckpointError unless ``path`` is a regular file: a folder (a run's names its checkpoint), a
+    missing path, a FIFO or a device (refused from its ``stat``, never opened) is one line."""
+    if path.is_dir():
+        found = [n for n in ("interrupted.pt", "last.pt", "best.pt") if (path / n).is_file()]
+        raise CheckpointError(f"{path}: is a {'run ' if found else ''}folder, not a checkpoint; pass "
+                              + (f"{path / found[0]}" if found else "the last.pt or best.pt of a run folder"))
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint; pass the last.pt or best.pt of a run folder")
+    regular_file(path, "the last.pt or best.pt of a run folder", CheckpointError)
+
+
 def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) -> dict:
     """Load a checkpoint as data only (``weights_only=True``) and check its structure.
 
@@ -102,12 +115,7 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
         CheckpointError: missing, not loadable as data, or not this tool's.
     """
     path = Path(path)
-    if path.is_dir():
-        found = [n for n in ("interrupted.pt", "last.pt", "best.pt") if (path / n).is_file()]
-        raise CheckpointError(f"{path}: is a run folder, not a checkpoint; pass "
-                              + (f"{path / found[0]}" if found else "the last.pt or best.pt of a run folder"))
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint; pass the last.pt or best.pt of a run folder")
+    _checkpoint_file(path)
     if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive
         raise _foreign(path, "not a PyTorch checkpoint file: not a zip archive (truncated, or another format)")
     try:
