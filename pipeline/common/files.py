@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from .errors import BusyError, DiskFullError, WriteError
+from .errors import BusyError, DiskFullError, UserError, WriteError
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -59,6 +59,15 @@ def disk_errors(path: Path) -> Iterator[None]:
         raise
 
 
+def temporary(path: Path) -> Path:
+    """``path + '.tmp'``, the name a write goes to before its rename, cleared of a symbolic link
+    someone placed there: writing through it would overwrite the file it points at."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    if tmp.is_symlink():
+        tmp.unlink()   # the link only, never what it points at
+    return tmp
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` through ``write(tmp)`` then rename: whole or not at all.
 
@@ -67,7 +76,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     and nothing else behind.
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     try:
         with disk_errors(path):
             write(tmp)
@@ -99,7 +108,13 @@ class FolderLock:
         self.fd = -1
 
     def __enter__(self) -> "FolderLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:   # O_NOFOLLOW: a link placed at .lock would have its target truncated
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise UserError(f"{self.path}: is a symbolic link, not this tool's lock file; remove the link "
+                            f"(nothing it points at is touched)") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

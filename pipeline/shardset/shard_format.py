@@ -51,7 +51,7 @@ import h5py
 import numpy as np
 
 from ..common.errors import UserError
-from ..common.files import disk_errors, write_text
+from ..common.files import disk_errors, temporary, write_text
 from ..common.untrusted import COMPRESSION_RATIO, declared_bytes, read_json
 from ..imaging.neardup import dhash, group
 
@@ -93,7 +93,7 @@ def write_shard(path: Path, images: np.ndarray, labels: np.ndarray, paths: list[
     path = Path(path)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     enc_paths = [p.encode("utf-8") for p in paths]
     width = max([len(p) for p in enc_paths] + [1])
     try:

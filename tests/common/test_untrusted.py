@@ -165,3 +165,27 @@ def test_a_symlink_placed_in_a_set_is_never_written_or_deleted_through(tmp_path)
     code, text = cli("preprocess", "--data-dir", data, "--out", out, "--size", 48, "--workers", 1)
     assert code == 0, text
     assert victim.is_file() and (victim.read_bytes(), victim.stat().st_mtime_ns) == before
+
+
+def test_links_placed_in_a_run_folder_are_never_written_or_deleted_through(easy_shards, tmp_path):
+    victim = tmp_path / "elsewhere" / "notes.txt"
+    victim.parent.mkdir()
+    victim.write_text("the user's only copy")
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("last.pt.tmp", "metrics.csv.tmp", "config.json.tmp"):   # where the tool writes before renaming
+        (out / name).symlink_to(victim)
+    common = ("--workers", 0, "--device", "cpu")
+    code, text = cli("train", "--shards", easy_shards, "--model", "cnn4conv", "--epochs", 1, "--out", out, *common)
+    assert code == 0, text
+    assert victim.read_text() == "the user's only copy"
+    assert (out / "last.pt").is_file() and not (out / "last.pt").is_symlink()
+    (out / "interrupted.pt").symlink_to(victim)                          # what an epoch's end deletes
+    code, text = cli("train", "--resume", out / "last.pt", "--epochs", 2, *common)
+    assert code == 0, text
+    assert not (out / "interrupted.pt").is_symlink() and victim.read_text() == "the user's only copy"
+    (out / ".lock").unlink()
+    (out / ".lock").symlink_to(victim)                                   # the lock file itself
+    code, text = cli("train", "--resume", out / "last.pt", "--epochs", 3, *common)
+    assert code == 1 and "is a symbolic link, not this tool's lock file" in one_line(text)
+    assert victim.read_text() == "the user's only copy"
