@@ -40,6 +40,7 @@ and prints a summary table. Exit 0 when every step passed. Without CUDA
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import importlib.util
 import json
@@ -95,9 +96,8 @@ class Check:
         self.steps: list[Step] = []
         self.t0 = time.monotonic()
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
-        pylib = out / "pylib"
-        if pylib.is_dir():
-            self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pylib), self.env.get("PYTHONPATH")]))
+        # where pytest goes if it must be installed from carried wheels (ensure_pytest)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(out / "pylib"), self.env.get("PYTHONPATH")]))
 
     def left(self) -> float:
         return self.sizes.budget_s - (time.monotonic() - self.t0)
@@ -151,7 +151,6 @@ def ensure_pytest(check: Check) -> Optional[str]:
         return f"pytest is missing and no wheels were carried ({WHEELS.relative_to(ROOT)}/: see the docstring)"
     step = check.run("install-pytest", ["-m", "pip", "install", "-q", "--no-index", "--find-links", WHEELS,
                                         "--target", check.out / "pylib", "pytest"], 120)
-    check.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(check.out / "pylib"), check.env.get("PYTHONPATH")]))
     return None if step.rc == 0 else "pytest did not install from the carried wheels"
 
 
@@ -244,7 +243,7 @@ def main(argv: Optional[list] = None) -> int:
         return 1
     sizes = DRY if args.dry_run else FULL
     if args.scale is not None:
-        sizes = Sizes(**{**sizes.__dict__, "scale": args.scale})
+        sizes = dataclasses.replace(sizes, scale=args.scale)
     args.out.mkdir(parents=True, exist_ok=True)
     check = Check(args.out, sizes)
     try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..common.errors import UserError
+from ..common.untrusted import not_a_file
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,9 @@ def _kind(entry: os.DirEntry) -> tuple[str, Optional[tuple[int, int]]]:
         return f"unreadable: {exc.strerror}", None
     if stat.S_ISDIR(st.st_mode):
         return "dir", None
+    kind = not_a_file(st)   # a FIFO would block its reader, a device never end
+    if kind:
+        return f"{kind}, not an image file", None
     return "file", (st.st_size, st.st_mtime_ns)
 
 

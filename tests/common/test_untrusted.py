@@ -189,3 +189,19 @@ def test_links_placed_in_a_run_folder_are_never_written_or_deleted_through(easy_
     code, text = cli("train", "--resume", out / "last.pt", "--epochs", 3, *common)
     assert code == 1 and "is a symbolic link, not this tool's lock file" in one_line(text)
     assert victim.read_text() == "the user's only copy"
+
+
+def test_a_fifo_inside_a_class_folder_is_skipped_with_its_reason_not_waited_on(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((40, 40, 3), 30 * i + 9 * (c == "b"), np.uint8)).save(data / c / f"{i}.png")
+    os.mkfifo(data / "a" / "pipe.jpg")
+    code, out = cli("preprocess", "--data-dir", data, "--out", tmp_path / "set", "--size", 16, "--workers", 1,
+                    timeout=60)
+    assert code == 0, out
+    skipped = json.loads((tmp_path / "set" / "manifest.json").read_text())["skipped"]
+    assert {"path": "a/pipe.jpg", "reason": "a FIFO, not an image file"} in skipped
