@@ -36,8 +36,9 @@ from .errors import UserError
 
 MANIFEST_BYTES = 256 << 20   # a manifest of a million images with every path listed stays far below
 JSON_DEPTH = 64              # the deepest structure this tool writes is 5 levels
-# A compressed shard's pixels against its file: gzip's best case on uniform rows is about 1000:1.
-COMPRESSION_RATIO = 4096
+# A compressed shard's pixels against its file: deflate cannot pass 1032:1 (its longest match, 258
+# bytes, costs at least two bits), and LZF's limit is lower.
+COMPRESSION_RATIO = 1100
 
 
 def not_a_file(st: os.stat_result) -> Optional[str]:

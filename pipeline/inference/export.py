@@ -33,8 +33,9 @@ import numpy as np
 import torch
 
 from ..common.errors import UserError
+from ..common.config import FIT_POLICIES, SIZE_MAX, SIZE_MIN
 from ..common.files import atomic_write
-from ..common.untrusted import regular_file
+from ..common.untrusted import printable, regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +201,71 @@ def export_onnx(checkpoint: Path, out: Path, shards: Optional[Path] = None, opse
             "max_prob_diff": dp, "max_logit_diff": dl}
 
 
+MODEL_BYTES = 2 << 30   # protobuf's own limit for one message
+MAX_CLASSES = 100_000
+MAX_NAME = 1_000
+
+
+# What the exporter never writes and a crafted graph could use to run without end (a Loop of 2**62
+# turns) or reach code outside ONNX's standard operators (another domain: contrib or custom ops).
+CONTROL_FLOW = frozenset({"Loop", "Scan", "If", "SequenceMap"})
+
+
+def _checked_graph(path: Path, data: bytes) -> None:
+    """ExportError unless the model is one plain graph of standard operators, as export writes:
+    no control flow, no local functions, no operator from another domain."""
+    import onnx
+
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:   # protobuf's DecodeError and friends
+        raise ExportError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+    for node in model.graph.node:
+        odd = node.op_type in CONTROL_FLOW or node.domain not in ("", "ai.onnx") \
+            or any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute)
+        if odd:
+            raise ExportError(f"{path}: operator {printable(node.domain + '.' if node.domain else '')}"
+                              f"{printable(node.op_type)} is not one export writes (control flow or another "
+                              f"domain); not a model this tool exported")
+    if len(model.functions):
+        raise ExportError(f"{path}: holds local functions, which export never writes; not a model this tool "
+                          f"exported")
+
+
+def _checked_metadata(path: Path, meta: dict, session) -> tuple[list[str], int, str, int]:
+    """(class names, image size, fit, minimum side) from an exported model's metadata, each checked
+    for its type and range, and the class count against the model's output: a model from
+    someone else decides nothing here that this tool would not have written.
+
+    Raises:
+        ExportError: one line naming the file and the field.
+    """
+    def bad(why: str) -> ExportError:
+        return ExportError(f"{path}: {why}; not a model this tool exported (export a checkpoint with "
+                           f"`python cli.py export RUN/best.pt`)")
+
+    try:
+        raw = meta["class_names"]
+        if len(raw) > MAX_CLASSES * (MAX_NAME + 4):
+            raise bad("class_names metadata too large")
+        names = json.loads(raw)
+        size, fit, min_side = int(meta["image_size"]), meta["fit"], int(meta.get("min_side", 16))
+    except KeyError as exc:
+        raise bad(f"metadata lacks {exc}") from None
+    except (ValueError, RecursionError):
+        raise bad("metadata is not what export writes") from None
+    if not (isinstance(names, list) and 1 <= len(names) <= MAX_CLASSES
+            and all(isinstance(n, str) and 0 < len(n) <= MAX_NAME for n in names)):
+        raise bad("class_names is not a list of names")
+    if not (SIZE_MIN <= size <= SIZE_MAX and fit in FIT_POLICIES and 1 <= min_side <= SIZE_MAX):
+        raise bad(f"image_size {size}, fit '{printable(fit)}' or min_side {min_side} out of range")
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    width = (outputs.get("probabilities") or [None, None])[-1]
+    if "probabilities" not in outputs or (isinstance(width, int) and width != len(names)):
+        raise bad(f"{len(names)} class names for an output of {width}")
+    return names, size, fit, min_side
+
+
 @dataclass
 class OnnxClassifier:
     """An exported file run by ONNX Runtime, with the decode its metadata names.
@@ -214,6 +280,7 @@ class OnnxClassifier:
     fit: str
     min_side: int
     metadata: dict
+    path: str = ""
 
     @classmethod
     def load(cls, path: Path) -> "OnnxClassifier":
@@ -226,25 +293,32 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         path = Path(path)
-        regular_file(path, "a .onnx file written by `python cli.py export`", ExportError)   # not a FIFO or device
+        st = regular_file(path, "a .onnx file written by `python cli.py export`", ExportError)   # not a FIFO or device
+        if st.st_size > MODEL_BYTES:
+            raise ExportError(f"{path}: {st.st_size:,} bytes, more than the {MODEL_BYTES:,} an exported model "
+                              f"of this tool can be; export a checkpoint with `python cli.py export RUN/best.pt`")
+        data = path.read_bytes()
+        _checked_graph(path, data)
         try:
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            # From its bytes, not its path: a model naming external data files (``../../etc/shadow``)
+            # then has nowhere to read them from, and fails to load instead.
+            session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-            first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            first = printable(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
             raise ExportError(f"{path}: not an ONNX model ONNX Runtime can load ({first})") from None
         meta = dict(session.get_modelmeta().custom_metadata_map)
-        try:
-            names = json.loads(meta["class_names"])
-            size, fit, min_side = int(meta["image_size"]), meta["fit"], int(meta.get("min_side", 16))
-        except (KeyError, ValueError) as exc:
-            raise ExportError(f"{path}: not exported by this tool (metadata lacks {exc}); export a checkpoint "
-                              f"with `python cli.py export RUN/best.pt`") from None
-        return cls(session, list(names), size, fit, min_side, meta)
+        names, size, fit, min_side = _checked_metadata(path, meta, session)
+        return cls(session, names, size, fit, min_side, meta, str(path))
 
     def predict_proba(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (N, C) for uint8 (N, H, W, 3) images."""
-        out = [self.session.run(["probabilities"], {"images": np.ascontiguousarray(images[s: s + batch_size])})[0]
-               for s in range(0, len(images), batch_size)]
+        try:
+            out = [self.session.run(["probabilities"], {"images": np.ascontiguousarray(images[s: s + batch_size])})[0]
+                   for s in range(0, len(images), batch_size)]
+        except Exception as exc:   # onnxruntime's own types: a graph that cannot run on these inputs
+            first = printable(str(exc).splitlines()[0][:160]) if str(exc) else type(exc).__name__
+            raise ExportError(f"{self.path}: ONNX Runtime cannot run this model ({first}); export a checkpoint "
+                              f"with `python cli.py export RUN/best.pt`") from None
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), dtype=np.float32)
 
     def predict(self, images: np.ndarray) -> list[str]:

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from ..common.config import LoaderConfig
 from .dataset import ShardMaps
 from .sampler import EpochBatchSampler
-from ..shardset.shard_format import SplitSet
+from ..shardset.shard_format import ShardError, SplitSet
 from .transform import DeviceTransform
 
 logger = logging.getLogger(__name__)
@@ -186,7 +186,13 @@ class ShardBatchDataset(Dataset):
             self._spare = torch.empty((n, self.size, self.size, 3), dtype=torch.uint8)
         return self._spare[:n]
 
-    def __getitem__(self, idx: np.ndarray) -> "torch.Tensor | RingSlot":
+    def __getitem__(self, idx: np.ndarray) -> "torch.Tensor | RingSlot | ShardError":
+        try:
+            return self._get(idx)
+        except ShardError as exc:   # a shard replaced or damaged: one line in the main process, not a
+            return exc              # worker's traceback (it is raised there, where the batch is taken)
+
+    def _get(self, idx: np.ndarray) -> "torch.Tensor | RingSlot":
         if self._pid != os.getpid():  # first call in this process: no ring slot inherited is ours
             self._slots, self._next, self._pid, self._spare = [], 0, os.getpid(), None
             info = get_worker_info()
@@ -408,6 +414,8 @@ class StreamReader:
         for y in labels:
             if message is None or pos == len(message):   # the next worker message: several batches
                 message, pos = next(self.it), 0
+                if isinstance(message, ShardError):
+                    raise message
                 if isinstance(message, tuple):  # a RingSlot of the shared ring: read in place
                     w, k, n = message
                     message = self.shared[w, k, :n]

@@ -50,10 +50,10 @@ from typing import Optional
 import h5py
 import numpy as np
 
-from ..common.errors import UserError
 from ..common.files import disk_errors, temporary, write_text
 from ..common.untrusted import COMPRESSION_RATIO, declared_bytes, read_json
 from ..imaging.neardup import dhash, group
+from .header import SetChangedError, ShardError, changed, check_header, check_same, identity, open_same
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,6 @@ SPLITS = ("train", "val")
 # (``../x``, ``/etc/...``) is not trusted.
 SHARD_NAME = re.compile(r"^(train|val)-[0-9]{5}\.h5$")
 FIX = "run `python cli.py preprocess --force`"
-
-
-class ShardError(UserError):
-    """A shard set that is missing, incomplete, stale or corrupt."""
 
 
 def shard_name(split: str, index: int) -> str:
@@ -144,12 +140,15 @@ class Shard:
 
     ``offset`` is the byte offset of the contiguous ``images`` block (None
     for chunked/compressed shards), which is what makes a memory map possible.
+    ``ident`` is the file's :func:`~pipeline.shardset.header.identity` when it was
+    opened: a later open of the pixels (a worker's map) must find that same file.
     """
 
     path: Path
     count: int
     image_size: int
     offset: Optional[int]
+    ident: tuple = ()
 
     def images_map(self) -> np.ndarray:
         """The images as a read-only (N, H, W, 3) array backed by the file.
@@ -162,9 +161,15 @@ class Shard:
         if self.count == 0:
             return np.zeros(shape, dtype=np.uint8)
         if self.offset is not None:
-            return np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=shape)
-        with h5py.File(self.path, "r") as f:
-            return f["images"][...]
+            with os.fdopen(open_same(self.path, self.ident), "rb") as fh:   # the file opened, not a rebuild's
+                return np.memmap(fh, dtype=np.uint8, mode="r", offset=self.offset, shape=shape)
+        try:
+            with h5py.File(self.path, "r") as f:
+                check_same(f, self.path, self.ident)
+                return f["images"][...]
+        except OSError as exc:   # a damaged chunk: its filter (deflate, Fletcher-32) fails
+            raise ShardError(f"{self.path}: pixels unreadable ({str(exc)[:120]}); run `python cli.py verify`") \
+                from None
 
 
 def open_shard(path: Path) -> tuple[Shard, dict, np.ndarray]:
@@ -180,6 +185,8 @@ def open_shard(path: Path) -> tuple[Shard, dict, np.ndarray]:
             if version != FORMAT_VERSION:
                 raise ShardError(f"{path}: shard format version {version}, this code reads "
                                  f"{FORMAT_VERSION}; run `python cli.py preprocess --force`")
+            check_header(f, path)   # nothing outside the file, no plugin, bounded chunks
+            st = os.fstat(f.id.get_vfd_handle())
             attrs = {k: _attr(f, k) for k in f.attrs}
             ds, lab = f["images"], f["labels"]
             size = int(attrs["image_size"])
@@ -187,11 +194,11 @@ def open_shard(path: Path) -> tuple[Shard, dict, np.ndarray]:
                 raise ShardError(f"{path}: images {ds.dtype} {ds.shape} / {lab.shape} labels do not "
                                  f"match image_size {size}")
             # the header's shapes are the file's claim: checked against its size before any read
-            declared_bytes(path, ds.size + lab.size * lab.dtype.itemsize, path.stat().st_size,
+            declared_bytes(path, ds.size + lab.size * lab.dtype.itemsize, st.st_size,
                            1.0 if ds.chunks is None else COMPRESSION_RATIO, error=ShardError)
             labels = lab[...].astype(np.int64)
             offset = ds.id.get_offset() if ds.chunks is None else None
-            return Shard(path, int(ds.shape[0]), size, offset), attrs, labels
+            return Shard(path, int(ds.shape[0]), size, offset, identity(st)), attrs, labels
     except ShardError:
         raise
     except (OSError, KeyError, ValueError) as exc:
@@ -220,7 +227,7 @@ def read_manifest(root: Path) -> dict:
         names = manifest["class_names"]
         size = manifest["options"]["size"]
         ok = (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) >= 1
-              and isinstance(size, int) and len(manifest["mean"]) == 3 and len(manifest["std"]) == 3)
+              and isinstance(size, int) and _stats_ok(manifest["mean"], manifest["std"]))
         for e in manifest["shards"]:
             ok = ok and bool(SHARD_NAME.match(str(e["file"]))) and e["split"] in SPLITS \
                 and isinstance(e["count"], int) and isinstance(e["bytes"], int) and len(str(e["sha256"])) == 64
@@ -229,6 +236,13 @@ def read_manifest(root: Path) -> dict:
     if not ok:
         raise ShardError(f"{path}: manifest entries are malformed; {FIX}")
     return manifest
+
+
+def _stats_ok(mean, std) -> bool:
+    """Three finite means in [0, 1] and three positive stds: what normalisation divides by."""
+    ok = isinstance(mean, list) and isinstance(std, list) and len(mean) == 3 and len(std) == 3
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean + std)
+    return ok and all(0.0 <= v <= 1.0 for v in mean) and all(0.0 < v <= 1.0 for v in std)
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
@@ -313,6 +327,10 @@ def open_split(root: Path, split: str, manifest: Optional[dict] = None) -> Split
     shards, labels = [], []
     for e in entries:
         shard, attrs, lab = open_shard(Path(root) / e["file"])
+        if shard.ident and shard.ident[2] != e["bytes"]:   # replaced since the manifest was read
+            raise changed(shard.path)
+        if attrs.get("class_names") != manifest["class_names"] or attrs.get("split") != split:
+            raise ShardError(f"{shard.path}: its split or class names differ from the manifest's; {FIX}")
         if shard.count != e["count"]:
             raise ShardError(f"{shard.path}: {shard.count} images, manifest says {e['count']}; {FIX}")
         if len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
@@ -350,6 +368,7 @@ class ShardSet:
 
     root: Path
     manifest: dict
+    ident: tuple = ()   # the manifest file's identity when it was read (header.identity)
     class_names: list[str] = field(init=False)
     image_size: int = field(init=False)
     mean: np.ndarray = field(init=False)
@@ -365,8 +384,23 @@ class ShardSet:
         self.counts = {s: sum(e["count"] for e in m["shards"] if e["split"] == s) for s in SPLITS}
 
     def split(self, name: str) -> SplitSet:
-        """Open one split (``train`` or ``val``)."""
-        return open_split(self.root, name, self.manifest)
+        """Open one split (``train`` or ``val``).
+
+        Raises:
+            SetChangedError: the set was rebuilt since it was opened (a commit replaces the
+                manifest after the shards), so what was opened may mix two builds.
+        """
+        split = open_split(self.root, name, self.manifest)
+        if self.ident and _manifest_ident(self.root) != self.ident:
+            raise changed(self.root / MANIFEST)
+        return split
+
+
+def _manifest_ident(root: Path) -> tuple:
+    try:
+        return identity(os.stat(Path(root) / MANIFEST))
+    except OSError:
+        return ()
 
 
 def open_set(root: Path, checksums: bool = True) -> ShardSet:
@@ -375,7 +409,8 @@ def open_set(root: Path, checksums: bool = True) -> ShardSet:
     Raises:
         ShardError: missing, incomplete, stale or corrupt, naming the shard and the fix.
     """
-    return ShardSet(Path(root), check_set(root, checksums=checksums))
+    ident = _manifest_ident(root)   # before the read: a commit after it shows as a new identity
+    return ShardSet(Path(root), check_set(root, checksums=checksums), ident)
 
 
 def verify(root: Path) -> list[str]:

@@ -42,7 +42,7 @@ from ..common.config import (ConfigError, LoaderConfig, ModelConfig, OptimConfig
                              to_dict)
 from ..common.errors import UserError
 from ..common.files import atomic_write
-from ..common.untrusted import regular_file
+from ..common.untrusted import printable, regular_file
 
 FORMAT = "simpsons-shards-checkpoint-2"
 READS = ("simpsons-shards-checkpoint-1", FORMAT)  # -1 lacks position/precision: resumes at an epoch's end
@@ -103,6 +103,23 @@ def _checkpoint_file(path: Path) -> None:
     regular_file(path, "the last.pt or best.pt of a run folder", CheckpointError)
 
 
+def _stored_entries(path: Path) -> None:
+    """CheckpointError unless every entry of the archive is stored as is and within the file.
+
+    ``torch.save`` never compresses, so a compressed entry is a crafted file: a few MB
+    that would inflate to gigabytes in ``torch.load``. Read from the zip's directory only."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _foreign(path, f"unreadable zip archive ({exc})") from None
+    size = path.stat().st_size
+    packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
+    _need(not packed, path, f"compressed entries ({printable(packed[0])}), which torch.save never writes; "
+                            f"refused unread" if packed else "")
+    _need(sum(e.file_size for e in entries) <= size, path, "its entries declare more bytes than the file holds")
+
+
 def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) -> dict:
     """Load a checkpoint as data only (``weights_only=True``) and check its structure.
 
@@ -118,6 +135,7 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
     _checkpoint_file(path)
     if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive
         raise _foreign(path, "not a PyTorch checkpoint file: not a zip archive (truncated, or another format)")
+    _stored_entries(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for bad files

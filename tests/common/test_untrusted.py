@@ -37,6 +37,37 @@ def cli(*args, timeout=120):
     return r.returncode, r.stdout + r.stderr
 
 
+_MANY = """
+import contextlib, io, json, logging, sys, traceback
+sys.path.insert(0, sys.argv[1])
+import cli
+results = []
+for args in json.loads(sys.argv[2]):
+    out, code = io.StringIO(), 0
+    logging.root.handlers.clear()   # the CLI's handler writes to this case's stderr
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            cli.main(args, prog_name="cli.py")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        except BaseException:
+            code = 99
+            traceback.print_exc()
+    results.append((code, out.getvalue()))
+print(json.dumps(results))
+"""
+
+
+def cli_many(*cases, timeout=300):
+    """Several ``python cli.py ARGS`` in one fresh process under 4 GB of address space (one start-up
+    for all): [(exit code, output)] in order. A case's exception that escapes the CLI is exit 99."""
+    r = subprocess.run([sys.executable, "-c", _MANY, str(ROOT), json.dumps([list(map(str, c)) for c in cases])],
+                       capture_output=True, text=True, timeout=timeout, preexec_fn=limited,
+                       stdin=subprocess.DEVNULL, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [tuple(x) for x in json.loads(r.stdout.strip().splitlines()[-1])]
+
+
 def one_line(output: str) -> str:
     lines = [line for line in output.strip().splitlines() if not line.startswith("WARNING")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in output, output
