@@ -51,7 +51,7 @@ import h5py
 import numpy as np
 
 from ..common.files import disk_errors, temporary, write_text
-from ..common.untrusted import COMPRESSION_RATIO, declared_bytes, read_json
+from ..common.untrusted import COMPRESSION_RATIO, declared_bytes, printable, read_json
 from ..imaging.neardup import dhash, group
 from .header import SetChangedError, ShardError, changed, check_header, check_same, identity, open_same
 
@@ -205,6 +205,30 @@ def open_shard(path: Path) -> tuple[Shard, dict, np.ndarray]:
         raise ShardError(f"{path}: cannot read shard ({exc}); run `python cli.py verify`") from exc
 
 
+MAX_CLASSES = 100_000   # far above any dataset of this kind; bounds what a crafted manifest makes us build
+
+
+def _manifest_problem(manifest: dict) -> str:
+    """What is wrong with a manifest's entries ("" when nothing): the first check that fails, in words."""
+    names, size = manifest["class_names"], manifest["options"]["size"]
+    if not (isinstance(names, list) and 1 <= len(names) <= MAX_CLASSES and all(isinstance(n, str) for n in names)):
+        return f"class_names is not a list of 1 to {MAX_CLASSES:,} names"
+    if not isinstance(size, int) or isinstance(size, bool):
+        return f"options.size {printable(repr(size))[:40]} is not a whole number"
+    if not _stats_ok(manifest["mean"], manifest["std"]):
+        return "mean/std are not 3 finite values each, mean in [0, 1], std in (0, 1]"
+    if not isinstance(manifest["shards"], list):
+        return "shards is not a list"
+    for k, e in enumerate(manifest["shards"]):
+        if not SHARD_NAME.match(str(e["file"])):
+            return (f"shard {k} names '{printable(str(e['file']))[:80]}', not train-NNNNN.h5 or val-NNNNN.h5 in "
+                    f"its own folder")
+        if not (e["split"] in SPLITS and type(e["count"]) is int and type(e["bytes"]) is int
+                and isinstance(e["sha256"], str) and len(e["sha256"]) == 64):
+            return f"shard {k} ({e['file']}) has a malformed split, count, bytes or sha256"
+    return ""
+
+
 def read_manifest(root: Path) -> dict:
     """The manifest of a complete shard set, its structure checked.
 
@@ -224,17 +248,11 @@ def read_manifest(root: Path) -> dict:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         raise ShardError(f"{path}: format version {version}, this code reads {FORMAT_VERSION}; {FIX}")
     try:
-        names = manifest["class_names"]
-        size = manifest["options"]["size"]
-        ok = (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(names) >= 1
-              and isinstance(size, int) and _stats_ok(manifest["mean"], manifest["std"]))
-        for e in manifest["shards"]:
-            ok = ok and bool(SHARD_NAME.match(str(e["file"]))) and e["split"] in SPLITS \
-                and isinstance(e["count"], int) and isinstance(e["bytes"], int) and len(str(e["sha256"])) == 64
+        problem = _manifest_problem(manifest)
     except (KeyError, TypeError) as exc:
-        raise ShardError(f"{path}: manifest lacks {exc}; {FIX}") from None
-    if not ok:
-        raise ShardError(f"{path}: manifest entries are malformed; {FIX}")
+        raise ShardError(f"{path}: manifest lacks {printable(str(exc))}; {FIX}") from None
+    if problem:
+        raise ShardError(f"{path}: {problem}; {FIX}")
     return manifest
 
 

@@ -147,6 +147,8 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
     _need(ckpt.get("format") in READS, path, "no simpsons-shards format tag")
     try:
         names, model, cfg = ckpt["class_names"], ckpt["model"], ckpt["config"]
+        _need(isinstance(cfg, dict) and isinstance(cfg.get("model"), dict), path, "its config is not a dict of "
+                                                                                 "configs with a model config")
         mcfg = cfg["model"]
         _need(isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names), path,
               "bad class_names")
@@ -171,8 +173,10 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
                     from_dict(cls, cfg[key])
             except ConfigError as exc:
                 raise _foreign(path, f"its {key} config: {exc}") from None
-    except (KeyError, TypeError) as exc:
-        raise _foreign(path, f"lacks {exc}") from None
+    except KeyError as exc:
+        raise _foreign(path, f"lacks {printable(str(exc))}") from None
+    except TypeError as exc:   # a value of the wrong type where a container was expected
+        raise _foreign(path, f"malformed contents ({printable(str(exc))})") from None
     ckpt.setdefault("position", {"epoch": ckpt.get("epoch", -1) + 1, "step": 0, "sums": None})
     ckpt.setdefault("precision", "bfloat16" if cfg.get("run", {}).get("amp") else "fp32")
     return ckpt

@@ -49,5 +49,5 @@ def test_a_manifest_naming_files_outside_the_set_is_not_trusted(shards):
     m = json.loads((shards / "manifest.json").read_text())
     m["shards"][0]["file"] = "../../etc/passwd"
     (shards / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(shard_format.ShardError, match="manifest entries are malformed"):
+    with pytest.raises(shard_format.ShardError, match=r"shard 0 names '\.\./\.\./etc/passwd', not train-NNNNN.h5"):
         shard_format.open_set(shards)
