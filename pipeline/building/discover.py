@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..common.errors import UserError
+from ..common.procpool import ForkPool
 from ..common.untrusted import not_a_file
 
 logger = logging.getLogger(__name__)
@@ -102,8 +103,38 @@ def _kind(entry: os.DirEntry) -> tuple[str, Optional[tuple[int, int]]]:
     return "file", (st.st_size, st.st_mtime_ns)
 
 
-def discover(root: Path) -> Discovery:
+def _scan_class(task: tuple[str, str]) -> tuple[list, list]:
+    """One class folder's candidates ``(rel, (size, mtime))`` and skips ``(rel, reason)``, sorted by name;
+    ``None`` candidates for a folder holding only folders (a nested copy of the archive)."""
+    root, name = task
+    children = [(c, *_kind(c)) for c in sorted(os.scandir(os.path.join(root, name)), key=lambda e: e.name)]
+    if children and all(k == "dir" for _, k, _ in children):
+        return None, [(name, "nested folder of folders (a copy of the archive?), not a class")]
+    names, skipped = [], []
+    for c, k, st in children:
+        rel = f"{name}/{printable(c.name)}"
+        if _hidden(c.name):
+            skipped.append((rel, "hidden file"))
+        elif k == "dir":
+            skipped.append((rel, "folder inside a class folder"))
+        elif k != "file":
+            skipped.append((rel, k))
+        elif os.path.splitext(c.name)[1].lower() not in IMAGE_EXTENSIONS:
+            skipped.append((rel, "not an image (extension)"))
+        else:
+            names.append((rel, st))
+    return names, skipped
+
+
+def discover(root: Path, workers: int = 1) -> Discovery:
     """List the classes and candidate images under ``root``.
+
+    Args:
+        root: the dataset folder.
+        workers: processes that list and ``stat`` the class folders (the
+            main process lists only ``root``): on a large set the per-file
+            work would otherwise be most of a build's main-process CPU
+            (benchmarks/history/preprocess.md "The main process off the per-image path").
 
     Raises:
         DatasetError: ``root`` is missing or not a folder, or holds no class
@@ -112,39 +143,34 @@ def discover(root: Path) -> Discovery:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder; pass --data-dir with one sub-folder per class")
-    classes: list[str] = []
-    per_class: list[list[tuple[str, tuple[int, int]]]] = []
-    skipped: list[tuple[str, str]] = []
+    entries = []   # in name order: a class folder's name, or the skip of anything else
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         kind, _ = _kind(entry)
         if _hidden(entry.name):
-            skipped.append((printable(entry.name), "hidden file"))
+            entries.append((printable(entry.name), "hidden file"))
+        elif kind != "dir":
+            entries.append((printable(entry.name), "file outside any class folder" if kind == "file" else kind))
+        else:
+            entries.append(entry.name)
+    folders = [e for e in entries if isinstance(e, str)]
+    with ForkPool(min(workers, len(folders))) as pool:
+        scanned = dict(zip(folders, pool.imap(_scan_class, [(str(root), name) for name in folders])))
+    classes: list[str] = []
+    per_class: list[list[tuple[str, tuple[int, int]]]] = []
+    skipped: list[tuple[str, str]] = []
+    for name in entries:
+        if not isinstance(name, str):
+            skipped.append(name)
             continue
-        if kind != "dir":
-            skipped.append((printable(entry.name), "file outside any class folder" if kind == "file" else kind))
+        names, skips = scanned[name]
+        skipped += skips
+        if names is None:
             continue
-        children = [(c, *_kind(c)) for c in sorted(os.scandir(entry.path), key=lambda e: e.name)]
-        if children and all(k == "dir" for _, k, _ in children):
-            skipped.append((entry.name, "nested folder of folders (a copy of the archive?), not a class"))
-            continue
-        names: list[tuple[str, tuple[int, int]]] = []
-        for c, k, st in children:
-            rel = f"{entry.name}/{printable(c.name)}"
-            if _hidden(c.name):
-                skipped.append((rel, "hidden file"))
-            elif k == "dir":
-                skipped.append((rel, "folder inside a class folder"))
-            elif k != "file":
-                skipped.append((rel, k))
-            elif os.path.splitext(c.name)[1].lower() not in IMAGE_EXTENSIONS:
-                skipped.append((rel, "not an image (extension)"))
-            else:
-                names.append((rel, st))
         if not names:
-            skipped.append((entry.name, "class folder with no candidate image, not a class"))
-            logger.warning("%s: no candidate images, so not a class", entry.path)
+            skipped.append((name, "class folder with no candidate image, not a class"))
+            logger.warning("%s: no candidate images, so not a class", root / name)
             continue
-        classes.append(entry.name)
+        classes.append(name)
         per_class.append(names)
     files = [(rel, label) for label, names in enumerate(per_class) for rel, _ in names]
     stats = [st for names in per_class for _, st in names]

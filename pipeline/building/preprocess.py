@@ -35,9 +35,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import logging
-import multiprocessing as mp
 import os
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +52,7 @@ from .discover import DatasetError, Discovery, discover
 from ..common.errors import UserError, expect_folder
 from ..common.files import disk_errors
 from ..common.env import cpu_count, environment
+from ..common.procpool import ForkPool
 from ..imaging.neardup import dhash, group
 from .reuse import (ROW_JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume,
                     journaled, keep_for_resume, pixel_options, resume_pairs, row_crc)
@@ -129,13 +128,6 @@ def _init_worker(cfg: PreprocessConfig, staging: str, root: str, reuse: Optional
     _worker.update(cfg=cfg, fd=os.open(staging, os.O_RDWR), root=root, reuse=reuse)
 
 
-def _init_pool_worker(*init) -> None:
-    """A pool process: Ctrl-C reaches the whole process group, and the main process alone answers it
-    (it stops the pool and keeps the decoded rows), so a worker prints no traceback of its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _init_worker(*init)
-
-
 def _buffer(n: int, size: int) -> np.ndarray:
     """This process's reused (n, size, size, 3) buffer, grown when too small.
 
@@ -177,15 +169,17 @@ def _read(source) -> tuple[bytes, Optional[np.ndarray]]:
     return repr(arr.shape).encode() + arr.tobytes(), arr
 
 
-def decode_run(size: int) -> int:
-    """Images per decode task: 32, or up to 128 small ones (a run of about 1.5 MB).
+def decode_run(size: int, images: int = 0, workers: int = 1) -> int:
+    """Images per decode task: up to 128 (at most about 8 MB of pixels), at least 32, and small enough
+    that each worker gets 8 tasks, so the last task leaves the others idle only briefly.
 
     A task's hash call has a fixed cost in the workers, a visible part of
-    the hash's share of a 64 px build, where that share is largest
-    (benchmarks/history/split.md "Near-duplicates"); larger runs of small images
-    amortise it, and one message per run keeps IPC small.
+    the hash's share of a 64 px build (benchmarks/history/split.md
+    "Near-duplicates"), and each task is one message the main process reads and journals: larger
+    runs amortise both (benchmarks/history/preprocess.md "The main process off the per-image path").
     """
-    return max(32, min(128, 1_500_000 // (size * size * 3)))
+    most = max(32, min(128, 8_000_000 // (size * size * 3)))
+    return max(32, min(most, images // (8 * max(workers, 1)))) if images else most
 
 
 class RunResult(NamedTuple):
@@ -306,25 +300,17 @@ def _shard_task(task: ShardTask) -> tuple[str, int]:
     return digest, task.path.stat().st_size
 
 
-class _Pool:
-    """A fork pool over the decode and write tasks, or the same calls in-process for one worker."""
+class _Pool(ForkPool):
+    """The decode and write tasks' pool (:mod:`pipeline.common.procpool`: no helper threads in the main
+    process), or the same calls in-process for one worker, whose state :meth:`close` releases."""
 
     def __init__(self, workers: int, init: tuple) -> None:
-        self.pool = mp.get_context("fork").Pool(workers, _init_pool_worker, init) if workers > 1 else None
-        if self.pool is None:
-            _init_worker(*init)
-
-    def imap_unordered(self, fn, tasks):
-        return self.pool.imap_unordered(fn, tasks) if self.pool else map(fn, tasks)
-
-    def imap(self, fn, tasks):
-        return self.pool.imap(fn, tasks) if self.pool else map(fn, tasks)
+        super().__init__(workers, _init_worker, init)
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-        else:
+        in_process = not self.procs
+        super().close()
+        if in_process and "fd" in _worker:
             _worker.pop("buf", None)
             os.close(_worker.pop("fd"))
             reuse = _worker.pop("reuse", None)
@@ -332,7 +318,8 @@ class _Pool:
                 reuse.close()
 
 
-def _decode_all(items: Items, pool: _Pool, progress: bool, size: int, journal: RowJournal) -> Decoded:
+def _decode_all(items: Items, pool: _Pool, progress: bool, size: int, journal: RowJournal,
+                workers: int) -> Decoded:
     """Every sample through the pool, one :class:`RunResult` a run.
 
     Each run's rows are journaled once the worker has staged them, so an
@@ -340,7 +327,7 @@ def _decode_all(items: Items, pool: _Pool, progress: bool, size: int, journal: R
     """
     n = len(items.names)
     done = Decoded([""] * n, [None] * n, np.zeros(n, dtype=np.uint64), np.zeros((n, 6), dtype=np.uint64))
-    run = decode_run(size)
+    run = decode_run(size, n, workers)
     tasks = [(k, items.sources[k: k + run]) for k in range(0, n, run)]
     with tqdm(total=n, desc="decode+resize", unit="img", disable=not progress, smoothing=0.05) as bar:
         for r in pool.imap_unordered(_decode_task, tasks):
@@ -512,7 +499,7 @@ def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[i
         pool = _Pool(workers, (cfg, str(staging), str(items.root), reuse if reuse else None))
         t1 = time.perf_counter()
         with disk_errors(staging):
-            done = _decode_all(items, pool, progress, cfg.size, journal)
+            done = _decode_all(items, pool, progress, cfg.size, journal, workers)
         timings["phash_cpu_s"] = done.phash_s
         timings["decode_s"] = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -651,7 +638,7 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
     """
     t0 = time.perf_counter()
     _check_out(out)  # before discovery, which can take a while on a large folder
-    disc = discover(Path(data_dir))
+    disc = discover(Path(data_dir), max(1, workers or cpu_count()))
     return _update_set(Items.from_discovery(disc), Path(out), cfg, disc.fingerprint(), str(Path(data_dir).resolve()),
                   workers, force, progress, t0)
 

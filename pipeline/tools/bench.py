@@ -38,6 +38,7 @@ import numpy as np
 
 from ..common.config import BenchConfig, PreprocessConfig, to_dict
 from ..building.discover import discover
+from ..common.procpool import ForkPool
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _decode_only(task: tuple[list[str], int]) -> int:
 def _decode_limit(files: list[Path], size: int, workers: int) -> int:
     """The stage's ceiling on this machine: only the decode work, on every worker, nothing else."""
     tasks = [([str(p) for p in files[k: k + 32]], size) for k in range(0, len(files), 32)]
-    with mp.get_context("fork").Pool(workers) as pool:
+    with ForkPool(workers) as pool:   # the build's own pool: no helper thread takes a core from the decodes
         return sum(pool.imap_unordered(_decode_only, tasks))
 
 
@@ -114,7 +115,7 @@ def _run_measured(conn, kind: str, root: str, out: str, size: int, workers: int)
     cpu = time.process_time()   # this process's CPU seconds: the main process's share of the work
     phases = None   # the project's build reports its phases' timings
     if kind in ("notebook", "decode_limit"):
-        disc = discover(Path(root))
+        disc = discover(Path(root), workers if kind == "decode_limit" else 1)
         files = [Path(root) / rel for rel, _ in disc.files]
         n = len(_notebook_loop(files, size)) if kind == "notebook" else _decode_limit(files, size, workers)
     else:

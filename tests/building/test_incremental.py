@@ -113,7 +113,7 @@ from pathlib import Path
 from pipeline.building import preprocess as preprocess_module
 from pipeline.building import reuse
 from pipeline.common.config import PreprocessConfig
-preprocess_module.decode_run = lambda size: 8                 # journal every 8 rows, so the kill lands mid-build
+preprocess_module.decode_run = lambda *a: 8                # journal every 8 rows, so the kill lands mid-build
 real = reuse.RowJournal.record
 done = [0]
 def record(self, start, digests, reasons, *rest):
