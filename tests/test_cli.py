@@ -6,8 +6,11 @@ disk (byte-identical where they must not change). Data is made in tmp_path.
 
 from __future__ import annotations
 
+import os
 
+import pytest
 
+from pipeline.common.errors import UserError
 from pipeline.training import train as train_mod
 from tests.helpers import run
 
@@ -62,3 +65,22 @@ def test_every_path_option_of_the_wrong_kind_is_one_line(finished, easy_shards, 
         assert r.output.startswith("error: ") and r.output.count("\n") == 1 and said in r.output, (args, r.output)
     assert a_file.read_text() == "mine\n" and list(a_dir.iterdir()) == []
     assert not (easy_shards / "run").exists() and not (easy_shards / "last.pt").exists()
+
+
+def test_a_url_where_a_folder_belongs_is_one_line_and_writes_no_folder_named_after_it(easy_shards, tmp_path,
+                                                                                      monkeypatch):
+    monkeypatch.chdir(tmp_path)   # where `s3:` would have appeared
+    data = next(p for p in easy_shards.parent.iterdir() if p.name.startswith("easy") and p != easy_shards)
+    from pipeline.shardset.shard_format import open_set
+    cases = [(("preprocess", "--data-dir", data, "--out", "s3://bucket/set", "--size", 32), "s3://bucket/set"),
+             (("preprocess", "--data-dir", "https://example.com/data", "--out", "o"), "https://example.com/data"),
+             (("verify", "--out", "gs://bucket/set"), "gs://bucket/set"),
+             (("train", "--shards", "s3://bucket/set", "--device", "cpu", "--out", "r"), "s3://bucket/set")]
+    for args, url in cases:
+        r = run(*args)
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"error: {url}: a URL"), r.output
+        assert "local folder" in lines[0]
+    assert sorted(os.listdir(tmp_path)) == []
+    with pytest.raises(UserError, match="file:///tmp/set: a URL"):
+        open_set("file:///tmp/set")

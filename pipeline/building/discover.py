@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..common.errors import UserError
+from ..common.errors import UserError, local_path
 from ..common.procpool import ForkPool
 from ..common.untrusted import not_a_file
 
@@ -140,7 +140,7 @@ def discover(root: Path, workers: int = 1) -> Discovery:
         DatasetError: ``root`` is missing or not a folder, or holds no class
             folder with a candidate image.
     """
-    root = Path(root)
+    root = local_path(root, "--data-dir")
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder; pass --data-dir with one sub-folder per class")
     entries = []   # in name order: a class folder's name, or the skip of anything else

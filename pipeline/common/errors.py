@@ -15,6 +15,8 @@ The file operations, and the one line an OS refusal of a write becomes
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 
@@ -39,14 +41,32 @@ class BusyError(UserError):
     """Another process holds the folder's lock."""
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")   # s3://, gs://, https://, file:// (Path makes :// into :/)
+
+
+def local_path(path, what: str) -> Path:
+    """``path`` as a local path, unless it is a URL: sets, runs and images live in local folders here,
+    and a URL taken as a path would make a folder named ``s3:`` and write the set into it.
+
+    Raises:
+        UserError: one line naming the URL and the fix.
+    """
+    text = os.fspath(path)
+    if _URL.match(text):
+        url = re.sub(r"^([^:]+):/(?!/)", r"\1://", text)
+        raise UserError(f"{url}: a URL where {what} needs a local folder (this version neither reads nor "
+                        f"writes object storage); copy it to a local folder and pass that")
+    return Path(text)
+
+
 def expect_folder(path: Path, what: str, fix: str) -> Path:
-    """``path`` unless it exists and is not a folder (a file where a folder belongs).
+    """``path`` unless it is a URL, or exists and is not a folder (a file where a folder belongs).
 
     Args:
         what: the option or role, for the message (``--out``, ``the shard folder``).
         fix: what to pass instead.
     """
-    path = Path(path)
+    path = local_path(path, what)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path}: is a file, not a folder ({what}); {fix}")
     return path

@@ -50,6 +50,7 @@ from typing import Optional
 import h5py
 import numpy as np
 
+from ..common.errors import local_path
 from ..common.files import disk_errors, temporary, write_text
 from ..common.untrusted import COMPRESSION_RATIO, declared_bytes, printable, read_json
 from ..imaging.neardup import dhash, group
@@ -236,8 +237,9 @@ def read_manifest(root: Path) -> dict:
         ShardError: no manifest (never built, or an interrupted build), not
             JSON, another format version, or entries this code cannot trust.
     """
-    path = Path(root) / MANIFEST
-    if Path(root).exists() and not Path(root).is_dir():
+    root = local_path(root, "a shard set")
+    path = root / MANIFEST
+    if root.exists() and not root.is_dir():
         raise ShardError(f"{root}: is a file, not a shard folder; pass the folder `python cli.py preprocess "
                          f"--out` wrote (it holds manifest.json)")
     if not path.exists():
@@ -427,8 +429,9 @@ def open_set(root: Path, checksums: bool = True) -> ShardSet:
     Raises:
         ShardError: missing, incomplete, stale or corrupt, naming the shard and the fix.
     """
+    root = local_path(root, "a shard set")
     ident = _manifest_ident(root)   # before the read: a commit after it shows as a new identity
-    return ShardSet(Path(root), check_set(root, checksums=checksums), ident)
+    return ShardSet(root, check_set(root, checksums=checksums), ident)
 
 
 def verify(root: Path) -> list[str]:
