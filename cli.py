@@ -183,14 +183,18 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
               help="HDF5 compression (none is fastest to read).")
 @click.option("--workers", type=Bounded("processes"), default=None, help="Decode processes [default: CPU count].")
 @click.option("--force", is_flag=True, help="Rebuild even if the shards are up to date.")
-def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, compression, workers, force) -> None:
+@click.option("--rehash", is_flag=True,
+              help="Read and hash every file (a build otherwise skips reading the files the set holds with "
+                   "the same size, modification time and inode).")
+def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, compression, workers, force,
+               rehash) -> None:
     """Decode every image once, resize in parallel, split by content, write class-balanced HDF5 shards."""
     from pipeline.common.config import PreprocessConfig
     from pipeline.building.preprocess import preprocess as run
 
     cfg = PreprocessConfig(size=size, fit=fit, val_frac=val_frac, seed=seed, shard_mb=shard_mb,
                            compression=None if compression == "none" else compression, near_dup=near_dup)
-    m = run(resolve_data_dir(data_dir), out, cfg, workers=workers, force=force, progress=True)
+    m = run(resolve_data_dir(data_dir), out, cfg, workers=workers, force=force, progress=True, rehash=rehash)
     if m["up_to_date"]:
         echo(f"{out}: up to date ({m['counts']['train']} train, {m['counts']['val']} val); "
                    f"--force rebuilds")
@@ -199,7 +203,8 @@ def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, com
         echo(f"{out}: rebuilt the shard set ({m['rebuilt_because']})")
     w = m.get("work")
     if w:
-        echo(f"{w['decoded']} decoded, {w['reused']} reused, {w['removed']} removed")
+        unread = f" ({w['unread']} of them known unchanged by size, time and inode, not read)" if w["unread"] else ""
+        echo(f"{w['decoded']} decoded, {w['reused']} reused{unread}, {w['removed']} removed")
     t = m["timings"]
     echo(f"{out}: {m['counts']['train']} train / {m['counts']['val']} val images at {size}x{size} "
                f"in {sum(1 for _ in m['shards'])} shards")

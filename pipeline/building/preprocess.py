@@ -54,7 +54,7 @@ from ..common.files import disk_errors
 from ..common.env import cpu_count, environment
 from ..common.procpool import ForkPool
 from ..imaging.neardup import dhash, group
-from .reuse import (ROW_JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume,
+from .reuse import (ROW_JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume, file_stat,
                     journaled, keep_for_resume, pixel_options, resume_pairs, row_crc)
 from .commit import SetUpdate, older_manifest
 from .split import COMPATIBLE_RULES, SPLIT_RULE, content_split, shard_plan
@@ -151,22 +151,37 @@ def _gather(fd: int, rows: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def _read(source) -> tuple[bytes, Optional[np.ndarray]]:
-    """(bytes to hash, pixels already decoded or None) of one sample's source.
+def _read(source) -> tuple[bytes, Optional[np.ndarray], Optional[list]]:
+    """(bytes to hash, pixels already decoded or None, the file's stat record or None) of one sample's source.
 
     A ``str`` is a file (relative to the pool's root), ``bytes`` an encoded
     image, an array decoded pixels (hashed with their shape).
     """
     if isinstance(source, str):
         with open(os.path.join(_worker["root"], source), "rb") as fh:
-            return fh.read(), None
+            return fh.read(), None, file_stat(os.fstat(fh.fileno()), time.time_ns())
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source), None
+        return bytes(source), None, None
     arr = np.asarray(source)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
         raise DecodeError(f"not an HxWx3 uint8 array ({arr.dtype} {arr.shape})")
     arr = np.ascontiguousarray(arr)
-    return repr(arr.shape).encode() + arr.tobytes(), arr
+    return repr(arr.shape).encode() + arr.tobytes(), arr, None
+
+
+def _unchanged(source, reuse: Optional[ReuseIndex], out: np.ndarray) -> Optional[tuple[str, int, list]]:
+    """(SHA-256, perceptual hash, stat record) of a file the committed set holds unchanged (its size,
+    mtime and inode as recorded: :meth:`ReuseIndex.known`), its row read into ``out`` without reading
+    the file; None when it must be read."""
+    if not isinstance(source, str) or reuse is None or not reuse.by_path:
+        return None
+    try:
+        st = os.stat(os.path.join(_worker["root"], source))
+    except OSError:
+        return None   # reading it says why
+    digest = reuse.known(source, st)
+    stored = reuse.fetch(digest, out) if digest else None
+    return None if stored is None else (digest, stored, [st.st_size, st.st_mtime_ns, st.st_ino])
 
 
 def decode_run(size: int, images: int = 0, workers: int = 1) -> int:
@@ -192,6 +207,8 @@ class RunResult(NamedTuple):
     crcs: list             # CRC-32 of each row, for the journal
     reused: int            # rows read back instead of decoded
     stats: np.ndarray      # (n, 6) pixel sums of each row (:func:`_row_stats`)
+    seen: list             # per sample, its file's [size, mtime_ns, inode] (:func:`reuse.file_stat`) or None
+    unread: int            # files known unchanged by their stat, never read
 
 
 @dataclass
@@ -204,6 +221,8 @@ class Decoded:
     stats: np.ndarray      # (N, 6) uint64 pixel sums
     phash_s: float = 0.0   # seconds of perceptual hashing, summed over the workers
     reused: int = 0        # rows read back instead of decoded
+    seen: list = field(default_factory=list)   # per sample, its file's stat record or None
+    unread: int = 0        # files known unchanged by their stat, never read
 
 
 class ShardTask(NamedTuple):
@@ -236,11 +255,18 @@ def _decode_task(task: tuple[int, list]) -> RunResult:
     start, sources = task
     cfg, reuse = _worker["cfg"], _worker.get("reuse")
     buf = _buffer(len(sources), cfg.size)
-    out, known = [], {}   # known: position in the run -> perceptual hash of a row read back
+    out, known, seen, unread = [], {}, [], 0   # known: position in the run -> perceptual hash of a row read back
     for j, source in enumerate(sources):
-        digest, reason = "", None
+        digest, reason, st = "", None, None
         try:
-            data, pixels = _read(source)
+            same = _unchanged(source, reuse, buf[j])
+            if same is not None:
+                digest, known[j], st = same
+                unread += 1
+                out.append((digest, None))
+                seen.append(st)
+                continue
+            data, pixels, st = _read(source)
             digest = hashlib.sha256(data).hexdigest()
             stored = reuse.fetch(digest, buf[j]) if reuse is not None else None
             if stored is not None:
@@ -257,6 +283,7 @@ def _decode_task(task: tuple[int, list]) -> RunResult:
         if reason:
             buf[j] = 0
         out.append((digest, reason))
+        seen.append(st)
     t = time.perf_counter()
     phash = np.zeros(len(sources), dtype=np.uint64)
     fresh = [j for j in range(len(sources)) if j not in known]
@@ -269,7 +296,7 @@ def _decode_task(task: tuple[int, list]) -> RunResult:
     stats = _row_stats(buf)
     if os.pwrite(_worker["fd"], buf, start * buf[0].nbytes) != buf.nbytes:  # buffer protocol: no copy
         raise OSError(errno.ENOSPC, "short write to the staging file")  # a regular file: the disk is full
-    return RunResult(start, out, phash, phash_s, crcs, len(known), stats)
+    return RunResult(start, out, phash, phash_s, crcs, len(known), stats, seen, unread)
 
 
 # Statistics come from every 4th pixel in each direction (1/16 of them) of
@@ -326,7 +353,8 @@ def _decode_all(items: Items, pool: _Pool, progress: bool, size: int, journal: R
     interrupted build can continue from them (:mod:`pipeline.building.reuse`).
     """
     n = len(items.names)
-    done = Decoded([""] * n, [None] * n, np.zeros(n, dtype=np.uint64), np.zeros((n, 6), dtype=np.uint64))
+    done = Decoded([""] * n, [None] * n, np.zeros(n, dtype=np.uint64), np.zeros((n, 6), dtype=np.uint64),
+                   seen=[None] * n)
     run = decode_run(size, n, workers)
     tasks = [(k, items.sources[k: k + run]) for k in range(0, n, run)]
     with tqdm(total=n, desc="decode+resize", unit="img", disable=not progress, smoothing=0.05) as bar:
@@ -337,6 +365,8 @@ def _decode_all(items: Items, pool: _Pool, progress: bool, size: int, journal: R
             done.stats[r.start: r.start + len(r.stats)] = r.stats
             done.phash_s += r.phash_s
             done.reused += r.reused
+            done.unread += r.unread
+            done.seen[r.start: r.start + len(r.seen)] = r.seen
             journal.record(r.start, [d for d, _ in r.files], [why for _, why in r.files], r.crcs, r.phashes)
             bar.update(len(r.files))
     return done
@@ -455,6 +485,10 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
     timings["stats_s"] = time.perf_counter() - t
     class_counts = {s: np.bincount(labels_all[idx], minlength=len(items.classes)).tolist() for s, idx in splits.items()}
     tasks, meta = _shard_tasks(items, cfg, out, done, splits, class_counts, (mean, std))
+    # what the next build checks instead of reading a file (reuse.ReuseIndex.known); a row whose name
+    # is not its file's path (write_set's own names) is never looked up by path, so none is recorded
+    by_path = [isinstance(src, str) and src == name for src, name in zip(items.sources, items.names)]
+    sources = {t.path.name: [done.seen[r] if by_path[r] else None for r in t.rows] for t in tasks}
     # Shards are written in parallel, one per worker: gather, h5py write and
     # SHA-256 each take about a third of a shard's time.
     written = tqdm(pool.imap(_shard_task, tasks), total=len(tasks), desc="write shards", unit="shard",
@@ -473,7 +507,7 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
         "skipped": skipped, "duplicates": duplicates,
         "split": split_report(items, keep, groups, split, class_counts, cfg),
         "placed_before": split.placed_before,   # images whose side the committed set decided (rule 3)
-        "mean": mean.tolist(), "std": std.tolist(), "shards": entries,
+        "mean": mean.tolist(), "std": std.tolist(), "shards": entries, "sources": sources,
     }
 
 
@@ -514,7 +548,7 @@ def _build(items: Items, cfg: PreprocessConfig, build: Path, workers: Optional[i
     manifest.update(timings=timings, workers=workers, environment=environment(with_torch=False))
     ok = sum(1 for r in done.reasons if not r)
     work = {"decoded": ok - done.reused, "reused": done.reused,
-            "removed": len(reuse.set_digests - set(done.hashes)) if reuse is not None else 0}
+            "removed": len(reuse.set_digests - set(done.hashes)) if reuse is not None else 0, "unread": done.unread}
     return manifest, work
 
 
@@ -544,7 +578,7 @@ def _check_out(out: Path) -> None:
 
 
 def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str, source: str,
-                workers: Optional[int], force: bool, progress: bool, t0: float) -> dict:
+                workers: Optional[int], force: bool, progress: bool, t0: float, rehash: bool = False) -> dict:
     """Bring the set in ``out`` up to date: the up-to-date test, then :func:`_build` inside a
     :class:`~pipeline.building.commit.SetUpdate` (lock, leftovers, ownership, commit)."""
     options = to_dict(cfg)
@@ -559,14 +593,15 @@ def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str
                         f"folder") from None
     # lock; what a killed build staged kept for reuse, its other leftovers removed; ownership checked
     with SetUpdate(out, salvage=keep_for_resume) as update:
-        reason = "--force" if force else _stale_reason(out, update.manifest, fingerprint, options)
+        reason = "--force" if force else "--rehash" if rehash else _stale_reason(out, update.manifest, fingerprint,
+                                                                                    options)
         if reason is None:
             drop_resume(out)
             return {**update.manifest, "up_to_date": True}
         rebuilding = update.replaces_a_set
         if rebuilding:
             logger.warning("%s: rebuilding the shard set (%s)", out, reason)
-        reuse = None if force else _reuse_index(out, update.manifest, options, cfg)
+        reuse = None if force else _reuse_index(out, update.manifest, options, cfg, by_stat=not rehash)
         prior = _prior_sides(out, update.manifest, cfg)
         try:
             manifest, work = _build(items, cfg, update.start(), workers, progress, t0, reuse, prior)
@@ -578,8 +613,9 @@ def _update_set(items: Items, out: Path, cfg: PreprocessConfig, fingerprint: str
         manifest.update(fingerprint=fingerprint, options=options, source=source)
         update.commit(manifest)
         drop_resume(out)
-    logger.info("preprocess: %d samples -> %s in %.1f s (%d decoded, %d reused, %d removed)", len(items.names),
-                out, manifest["timings"]["total_s"], work["decoded"], work["reused"], work["removed"])
+    logger.info("preprocess: %d samples -> %s in %.1f s (%d decoded, %d reused, %d removed, %d known unchanged "
+                "unread)", len(items.names), out, manifest["timings"]["total_s"], work["decoded"], work["reused"],
+                work["removed"], work["unread"])
     return {**manifest, "up_to_date": False, "rebuilt_because": reason if rebuilding else None, "work": work}
 
 
@@ -596,14 +632,16 @@ def _prior_sides(out: Path, manifest: Optional[dict], cfg: PreprocessConfig) -> 
     return committed_sides(out, manifest)
 
 
-def _reuse_index(out: Path, manifest: Optional[dict], options: dict, cfg: PreprocessConfig) -> ReuseIndex:
+def _reuse_index(out: Path, manifest: Optional[dict], options: dict, cfg: PreprocessConfig,
+                 by_stat: bool = True) -> ReuseIndex:
     """Rows this build need not decode: the committed set's (once its SHA-256s check) and those of
-    interrupted builds, all with the same pixel options."""
+    interrupted builds, all with the same pixel options; with ``by_stat``, the files the set holds
+    unchanged by their size, mtime and inode need not even be read."""
     reuse = ReuseIndex(cfg.size * cfg.size * 3)
     if manifest is not None and pixel_options(manifest["options"]) == pixel_options(options):
         try:
             shard_format.check_set(out, manifest)
-            reuse.add_set(out, manifest, options)
+            reuse.add_set(out, manifest, options, by_stat=by_stat)
         except shard_format.ShardError as exc:
             logger.warning("%s: not reusing the current shards (%s)", out, str(exc).split(";")[0])
     for staging, journal in resume_pairs(out):
@@ -614,7 +652,7 @@ def _reuse_index(out: Path, manifest: Optional[dict], options: dict, cfg: Prepro
 
 
 def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Optional[int] = None,
-               force: bool = False, progress: bool = False) -> dict:
+               force: bool = False, progress: bool = False, rehash: bool = False) -> dict:
     """Decode ``data_dir`` into a shard set in ``out``.
 
     Args:
@@ -623,6 +661,9 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
         cfg: size, fit, split and shard options.
         workers: decode processes (default: every CPU).
         force: rebuild even when the set is up to date.
+        rehash: read and hash every file, trusting no recorded size, mtime
+            and inode (a build otherwise reads only the files the set does
+            not hold unchanged).
         progress: tqdm bars on stderr.
 
     Returns:
@@ -640,11 +681,12 @@ def preprocess(data_dir: Path, out: Path, cfg: PreprocessConfig, workers: Option
     _check_out(out)  # before discovery, which can take a while on a large folder
     disc = discover(Path(data_dir), max(1, workers or cpu_count()))
     return _update_set(Items.from_discovery(disc), Path(out), cfg, disc.fingerprint(), str(Path(data_dir).resolve()),
-                  workers, force, progress, t0)
+                  workers, force, progress, t0, rehash)
 
 
 def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: PreprocessConfig = PreprocessConfig(),
-              *, workers: Optional[int] = None, force: bool = False, progress: bool = False) -> dict:
+              *, workers: Optional[int] = None, force: bool = False, progress: bool = False,
+              rehash: bool = False) -> dict:
     """Build a shard set from any iterable of samples, exactly as ``preprocess`` does from folders.
 
     The same decode (size, fit, minimum side, bomb guard), SHA-256 dedup,
@@ -667,6 +709,7 @@ def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: Pre
         cfg: size, fit, split and shard options.
         workers: decode processes (default: every CPU).
         force: rebuild even when an identical set is there.
+        rehash: as :func:`preprocess`.
         progress: tqdm bars on stderr.
 
     Returns:
@@ -678,4 +721,5 @@ def write_set(samples: Iterable, class_names: Sequence[str], out: Path, cfg: Pre
     """
     t0 = time.perf_counter()
     items = Items.from_samples(samples, list(class_names))
-    return _update_set(items, Path(out), cfg, items.fingerprint(), "python samples", workers, force, progress, t0)
+    return _update_set(items, Path(out), cfg, items.fingerprint(), "python samples", workers, force, progress, t0,
+                       rehash)

@@ -13,6 +13,14 @@ already decoded with the same pixel options (:data:`PIXEL_OPTIONS`):
   pixels, checked again when the row is read back, so a build killed at
   any point (``kill -9``, a lost node, a full disk) continues from there.
 
+A file the committed set holds is not even read when its size, modification
+time (ns) and inode are those the set recorded for its path (as git's index
+does; ``preprocess --rehash`` reads everything): the manifest's
+``sources`` keep, per shard file, one ``[size, mtime_ns, inode]`` per row, or
+``null`` where the file was modified within :data:`RACY_NS` of being read
+(a later write in the same clock tick would look unchanged), so growing a
+large folder reads only the new files.
+
 A reused row's pixels are the bytes the decode would produce (the decode
 is deterministic for the same options), and everything after the decode
 (dedup, groups, split, statistics, shards) runs as in a build from
@@ -41,6 +49,15 @@ ROW_JOURNAL = "rows.journal"
 STAGING = "staging.u8"                        # a build's staged rows, in its build folder
 RESUME_PREFIX = ".simpsons-shards-resume-"    # an interrupted build's staging file and journal, kept for the next
 NO_CRC = -1
+RACY_NS = 2_000_000_000   # a file modified this close to its reading is not trusted by its stat later
+
+
+def file_stat(st: os.stat_result, now_ns: int) -> Optional[list[int]]:
+    """What the manifest records of a file read at ``now_ns``: ``[size, mtime_ns, inode]``, or None
+    when it was modified too recently for a later equal stat to prove it unchanged."""
+    if now_ns - st.st_mtime_ns < RACY_NS:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def pixel_options(options: dict) -> dict:
@@ -106,20 +123,24 @@ class ReuseIndex:
         self.files: list[str] = []
         self.rows: dict[str, tuple[int, int, int, int]] = {}   # sha -> (file, offset, crc, dhash)
         self.set_digests: set[str] = set()   # the committed set's files (what a build may have removed)
+        self.by_path: dict[str, tuple[list[int], str]] = {}   # path -> ([size, mtime_ns, inode], sha256)
         self._fds: dict[int, int] = {}
         self._pid: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def add_set(self, root: Path, manifest: dict, options: dict) -> int:
+    def add_set(self, root: Path, manifest: dict, options: dict, by_stat: bool = True) -> int:
         """The committed set's rows, when its pixel options are these and its shards contiguous.
 
         Call only after the set passed :func:`shard_format.check_set` (its SHA-256s).
+
+        Args:
+            by_stat: also index each row's path and recorded stat (:meth:`known`).
         """
         if pixel_options(manifest.get("options", {})) != pixel_options(options):
             return 0
-        added = 0
+        added, sources = 0, manifest.get("sources")
         for e in manifest["shards"]:
             path = Path(root) / e["file"]
             shard, _, _ = shard_format.open_shard(path)
@@ -128,13 +149,27 @@ class ReuseIndex:
             with h5py.File(path, "r") as f:
                 digests = [h.decode() for h in f["hashes"][...]]
                 phashes = f["dhash"][...].astype(np.uint64).tolist()
+                paths = f["paths"][...] if by_stat else []
             fid = self._file(path)
             self.set_digests.update(digests)
             for r, (d, ph) in enumerate(zip(digests, phashes)):
                 if d not in self.rows:
                     self.rows[d] = (fid, shard.offset + r * self.row_bytes, NO_CRC, ph)
                     added += 1
+            stats = sources.get(e["file"]) if isinstance(sources, dict) else None
+            if by_stat and isinstance(stats, list) and len(stats) == len(digests):
+                for rel, st, d in zip(paths, stats, digests):
+                    if isinstance(st, list) and len(st) == 3 and all(type(v) is int for v in st):
+                        self.by_path[rel.decode("utf-8", "replace")] = (st, d)
         return added
+
+    def known(self, source: str, st: os.stat_result) -> Optional[str]:
+        """The SHA-256 the committed set recorded for the file at ``source`` when its size, mtime and
+        inode are unchanged (so it need not be read), else None."""
+        rec = self.by_path.get(source)
+        if rec is None or rec[0] != [st.st_size, st.st_mtime_ns, st.st_ino] or rec[1] not in self.rows:
+            return None
+        return rec[1]
 
     def add_resume(self, staging: Path, journal: Path, options: dict) -> int:
         """The rows an interrupted build journaled (each checked by its CRC-32 when read back)."""
