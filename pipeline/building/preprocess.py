@@ -54,8 +54,8 @@ from ..common.files import disk_errors
 from ..common.env import cpu_count, environment
 from ..common.procpool import ForkPool
 from ..imaging.neardup import dhash, group
-from .reuse import (ROW_JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume, file_stat,
-                    journaled, keep_for_resume, pixel_options, resume_pairs, row_crc)
+from .reuse import (ROW_JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume, encode_sources,
+                    file_stat, journaled, keep_for_resume, pixel_options, resume_pairs, row_crc)
 from .commit import SetUpdate, older_manifest
 from .split import COMPATIBLE_RULES, SPLIT_RULE, content_split, shard_plan
 
@@ -488,7 +488,7 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
     # what the next build checks instead of reading a file (reuse.ReuseIndex.known); a row whose name
     # is not its file's path (write_set's own names) is never looked up by path, so none is recorded
     by_path = [isinstance(src, str) and src == name for src, name in zip(items.sources, items.names)]
-    sources = {t.path.name: [done.seen[r] if by_path[r] else None for r in t.rows] for t in tasks}
+    sources = {t.path.name: encode_sources([done.seen[r] if by_path[r] else None for r in t.rows]) for t in tasks}
     # Shards are written in parallel, one per worker: gather, h5py write and
     # SHA-256 each take about a third of a shard's time.
     written = tqdm(pool.imap(_shard_task, tasks), total=len(tasks), desc="write shards", unit="shard",

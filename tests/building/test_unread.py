@@ -10,7 +10,7 @@ import os
 import time
 
 from pipeline.building.preprocess import preprocess
-from pipeline.building.reuse import RACY_NS
+from pipeline.building.reuse import RACY_NS, decode_sources
 from pipeline.common.config import PreprocessConfig
 from pipeline.shardset import shard_format
 from tests.building.test_honest_split import save, scene, scenes_tree
@@ -38,8 +38,9 @@ def test_unchanged_files_are_not_read_and_rehash_reads_them_all(tmp_path):
     age(data)
     out, cfg = tmp_path / "shards", PreprocessConfig(size=32)
     first = preprocess(data, out, cfg, workers=2)
-    recorded = json.loads((out / "manifest.json").read_text())["sources"]
-    assert sum(len(v) for v in recorded.values()) == 18 and all(v is not None for r in recorded.values() for v in r)
+    recorded = {e["file"]: decode_sources(json.loads((out / "manifest.json").read_text())["sources"][e["file"]],
+                                          e["count"]) for e in first["shards"]}
+    assert sum(len(v) for v in recorded.values()) == 18 and all((r >= 0).all() for r in recorded.values())
     before = rows_by_path(out)
 
     victim = data / "lisa" / "s0007.jpg"              # changed behind the stat's back: same size, time, inode
@@ -56,8 +57,9 @@ def test_unchanged_files_are_not_read_and_rehash_reads_them_all(tmp_path):
     after = rows_by_path(out)
     assert after["lisa/s0007.jpg"] == before["lisa/s0007.jpg"]   # the old row: the file was not read
     fresh = json.loads((out / "manifest.json").read_text())["sources"]
-    by_file = {p: s for e in grown["shards"] for p, s in zip(_paths(out / e["file"]), fresh[e["file"]])}
-    assert by_file["homer/new.jpg"] is None                      # modified within RACY_NS of its reading
+    by_file = {p: s for e in grown["shards"]
+               for p, s in zip(_paths(out / e["file"]), decode_sources(fresh[e["file"]], e["count"]).tolist())}
+    assert by_file["homer/new.jpg"] == [-1, -1, -1]              # modified within RACY_NS of its reading
     assert by_file["bart/s0001.jpg"][1] == touched.stat().st_mtime_ns
     assert first["work"]["unread"] == 0 and RACY_NS <= HOUR_NS // 2
 
