@@ -90,7 +90,7 @@ def main() -> None:
     data, out = args.work / "data", args.work / "shards"
     added = int(args.images * args.grow)
     have = sum(1 for _ in data.rglob("*.jpg")) if data.is_dir() else 0
-    if have != args.images:
+    if have < args.images:
         t = time.perf_counter()
         generate(data, have, args.images - have, args.workers)
         print(f"generated {args.images - have} images in {time.perf_counter() - t:.0f} s", flush=True)

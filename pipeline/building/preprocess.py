@@ -57,7 +57,7 @@ from ..imaging.neardup import dhash, group
 from .reuse import (ROW_JOURNAL, STAGING, ReuseIndex, RowJournal, committed_sides, drop_resume, encode_sources,
                     file_stat, journaled, keep_for_resume, pixel_options, resume_pairs, row_crc)
 from .commit import SetUpdate, older_manifest
-from .split import COMPATIBLE_RULES, SPLIT_RULE, content_split, shard_plan
+from .split import COMPATIBLE_RULES, SPLIT_RULE, content_split, group_score, shard_plan
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ class RunResult(NamedTuple):
     stats: np.ndarray      # (n, 6) pixel sums of each row (:func:`_row_stats`)
     seen: list             # per sample, its file's [size, mtime_ns, inode] (:func:`reuse.file_stat`) or None
     unread: int            # files known unchanged by their stat, never read
+    scores: np.ndarray     # per sample, the split's score of its SHA-256 (:func:`split.group_score`)
 
 
 @dataclass
@@ -223,6 +224,7 @@ class Decoded:
     reused: int = 0        # rows read back instead of decoded
     seen: list = field(default_factory=list)   # per sample, its file's stat record or None
     unread: int = 0        # files known unchanged by their stat, never read
+    scores: Optional[np.ndarray] = None        # (N,) the split's score of each SHA-256
 
 
 class ShardTask(NamedTuple):
@@ -296,7 +298,8 @@ def _decode_task(task: tuple[int, list]) -> RunResult:
     stats = _row_stats(buf)
     if os.pwrite(_worker["fd"], buf, start * buf[0].nbytes) != buf.nbytes:  # buffer protocol: no copy
         raise OSError(errno.ENOSPC, "short write to the staging file")  # a regular file: the disk is full
-    return RunResult(start, out, phash, phash_s, crcs, len(known), stats, seen, unread)
+    scores = np.array([group_score(d, cfg.seed) if d and not why else 0.0 for d, why in out])
+    return RunResult(start, out, phash, phash_s, crcs, len(known), stats, seen, unread, scores)
 
 
 # Statistics come from every 4th pixel in each direction (1/16 of them) of
@@ -354,7 +357,7 @@ def _decode_all(items: Items, pool: _Pool, progress: bool, size: int, journal: R
     """
     n = len(items.names)
     done = Decoded([""] * n, [None] * n, np.zeros(n, dtype=np.uint64), np.zeros((n, 6), dtype=np.uint64),
-                   seen=[None] * n)
+                   seen=[None] * n, scores=np.zeros(n))
     run = decode_run(size, n, workers)
     tasks = [(k, items.sources[k: k + run]) for k in range(0, n, run)]
     with tqdm(total=n, desc="decode+resize", unit="img", disable=not progress, smoothing=0.05) as bar:
@@ -367,6 +370,7 @@ def _decode_all(items: Items, pool: _Pool, progress: bool, size: int, journal: R
             done.reused += r.reused
             done.unread += r.unread
             done.seen[r.start: r.start + len(r.seen)] = r.seen
+            done.scores[r.start: r.start + len(r.scores)] = r.scores
             journal.record(r.start, [d for d, _ in r.files], [why for _, why in r.files], r.crcs, r.phashes)
             bar.update(len(r.files))
     return done
@@ -477,7 +481,8 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: _Pool
     groups = group(done.phashes[keep], cfg.near_dup)
     timings["group_s"] = time.perf_counter() - t0
     split = content_split([done.hashes[i] for i in keep], labels_all[keep], groups.labels, len(items.classes),
-                          cfg.val_frac, cfg.seed, None if prior is None else [prior.get(done.hashes[i]) for i in keep])
+                          cfg.val_frac, cfg.seed, None if prior is None else [prior.get(done.hashes[i]) for i in keep],
+                          scores=done.scores[keep])
     splits = {"train": keep[split.train], "val": keep[split.val]}
     t = time.perf_counter()
     timings["split_s"] = t - t0 - timings["group_s"]

@@ -140,7 +140,8 @@ def _why_kept(standing: int) -> str:
 
 
 def content_split(keys: list[str], labels: np.ndarray, groups: np.ndarray, num_classes: int,
-                  val_frac: float, seed: int, prior: Optional[Sequence[Optional[bool]]] = None) -> Split:
+                  val_frac: float, seed: int, prior: Optional[Sequence[Optional[bool]]] = None,
+                  scores: Optional[np.ndarray] = None) -> Split:
     """Split samples by group, each group placed by its own content or by the side it had.
 
     Args:
@@ -152,6 +153,10 @@ def content_split(keys: list[str], labels: np.ndarray, groups: np.ndarray, num_c
         seed: seeds the scores.
         prior: per sample, its side in the committed set this build grows
             (True: val, False: train, None: new); None for a build from scratch.
+        scores: per sample, ``group_score(keys[i], seed)`` when the caller
+            has it (the decode workers compute it beside the SHA-256, so the
+            main process hashes nothing: benchmarks/history/preprocess.md
+            "The main process off the per-image path"); None computes it here.
 
     Returns:
         :class:`Split`.
@@ -164,10 +169,10 @@ def content_split(keys: list[str], labels: np.ndarray, groups: np.ndarray, num_c
     num_groups = int(ids.max()) + 1
     order = np.lexsort((np.asarray(keys), ids))     # within a group, the smallest key first
     first = order[np.r_[True, ids[order][1:] != ids[order][:-1]]]
-    group_key = np.empty(num_groups, dtype=object)
-    group_key[ids[first]] = [keys[i] for i in first]
-    g = _Groups(ids, labels, np.array([group_score(k, seed) for k in group_key]),
-                _standing(ids, num_groups, prior))
+    group_scores = np.empty(num_groups, dtype=np.float64)
+    group_scores[ids[first]] = (np.asarray(scores, dtype=np.float64)[first] if scores is not None
+                                else [group_score(keys[i], seed) for i in first])
+    g = _Groups(ids, labels, group_scores, _standing(ids, num_groups, prior))
     # The fall-backs reported are a build from scratch's; where the committed set's sides make this
     # build differ from one, ``kept`` says so: equal sides, equal manifests.
     scratch, singles, fallbacks = _place(g, num_classes, val_frac, use_standing=False)

@@ -113,3 +113,16 @@ def test_shards_carry_the_class_mix_within_one_image():
         share = np.bincount(labels[p], minlength=42)
         expected = np.array(counts) / len(plan)
         assert np.all(np.abs(share - expected) < 1.0)
+
+
+def test_scores_computed_by_the_caller_give_the_same_split():
+    rng = np.random.default_rng(3)
+    labels = _labels([5, 40, 300])
+    keys = [f"{k:064x}" for k in rng.permutation(10 ** 6)[: len(labels)]]
+    groups = rng.integers(0, 200, len(labels))   # groups of several samples: each scored by its smallest key
+    _, groups = np.unique(groups, return_inverse=True)
+    plain = content_split(keys, labels, groups, 3, 0.2, 7)
+    given = content_split(keys, labels, groups, 3, 0.2, 7, scores=np.array([group_score(k, 7) for k in keys]))
+    assert np.array_equal(plain.train, given.train) and np.array_equal(plain.val, given.val)
+    wrong = content_split(keys, labels, groups, 3, 0.2, 7, scores=np.array([group_score(k, 8) for k in keys]))
+    assert not np.array_equal(plain.val, wrong.val)   # the scores decide: another seed's differ
