@@ -40,7 +40,7 @@ import torch
 
 from ..common.config import (ConfigError, LoaderConfig, ModelConfig, OptimConfig, RunConfig, TrainPlan, from_dict,
                              to_dict)
-from ..common.errors import UserError
+from ..common.errors import UserError, local_path
 from ..common.files import atomic_write
 from ..common.untrusted import printable, regular_file
 
@@ -317,6 +317,12 @@ def resume_shards(ckpt: dict, resume: Path, given: Optional[Path]) -> Path:
     recorded = ckpt.get("shards")
     if not recorded:
         return Path("shards")
+    if not isinstance(recorded, str) or len(recorded) > 4096:
+        raise _foreign(resume, "its shard folder is not a path")
+    try:   # read only, and checked as any set is; a URL would be taken for a folder named "s3:"
+        local_path(recorded, f"the shard folder {resume} records")
+    except UserError as exc:
+        raise CheckpointError(f"{exc}; or pass --resume {resume} --shards A_LOCAL_SET") from None
     if not (Path(recorded) / "manifest.json").is_file():
         raise TrainingError(f"{recorded}: the shard folder {resume} was trained on is not there (moved or "
                             f"deleted); if it moved, pass its new place: --resume {resume} --shards NEW_PLACE "

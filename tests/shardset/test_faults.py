@@ -7,6 +7,7 @@ disk (byte-identical where they must not change). Data is made in tmp_path.
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import pytest
@@ -47,7 +48,10 @@ def test_out_of_range_labels_are_refused_on_open(shards):
 
 def test_a_manifest_naming_files_outside_the_set_is_not_trusted(shards):
     m = json.loads((shards / "manifest.json").read_text())
-    m["shards"][0]["file"] = "../../etc/passwd"
-    (shards / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(shard_format.ShardError, match=r"shard 0 names '\.\./\.\./etc/passwd', not train-NNNNN.h5"):
-        shard_format.open_set(shards)
+    good = m["shards"][0]["file"]
+    for name in ("../../etc/passwd", "/etc/passwd", "s3://bucket/" + good, "https://host/" + good,
+                 "../" + shards.name + "/" + good, good.replace("0", "\u0660")):
+        m["shards"][0]["file"] = name
+        (shards / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(shard_format.ShardError, match=f"shard 0 names '{re.escape(name)}', not train-NNNNN.h5"):
+            shard_format.open_set(shards)
