@@ -187,17 +187,17 @@ def test_cli_exit_codes_and_summary(tmp_path):
 
 
 def test_a_file_that_crashes_the_decoder_is_one_skipped_file(tmp_path, monkeypatch):
-    import pipeline.building.preprocess as preprocess_module
+    import pipeline.building.tasks as tasks_module
 
     root = make_class_tree(tmp_path / "data", {"a": 4, "b": 4})
-    real = preprocess_module.decode_bytes
+    real = tasks_module.decode_bytes
 
     def flaky(data, *a, **k):
         if data == (root / "b" / "img_002.jpg").read_bytes():
             raise IndexError("decoder bug")
         return real(data, *a, **k)
 
-    monkeypatch.setattr(preprocess_module, "decode_bytes", flaky)
+    monkeypatch.setattr(tasks_module, "decode_bytes", flaky)
     m = preprocess(root, tmp_path / "out", PreprocessConfig(size=16), workers=1)
     reasons = {s["path"]: s["reason"] for s in m["skipped"]}
     assert reasons["b/img_002.jpg"] == "cannot decode: IndexError: decoder bug"
