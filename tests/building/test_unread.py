@@ -50,7 +50,10 @@ def test_unchanged_files_are_not_read_and_rehash_reads_them_all(tmp_path):
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     touched = data / "bart" / "s0001.jpg"              # same bytes, a new time: read, and its row reused
     os.utime(touched, ns=(time.time_ns() - HOUR_NS // 2,) * 2)
-    save(scene(700), data / "homer" / "new.jpg")       # new: decoded, and too fresh to be trusted next time
+    new = data / "homer" / "new.jpg"                   # new: decoded, and too fresh to be trusted next time
+    save(scene(700), new)
+    ahead = time.time_ns() + HOUR_NS                   # dated after its reading (a skewed clock): never trusted
+    os.utime(new, ns=(ahead, ahead))
 
     grown = preprocess(data, out, cfg, workers=2)
     assert grown["work"] == {"decoded": 1, "reused": 18, "removed": 0, "unread": 17}   # 18 rows read back, 17 unread
@@ -59,7 +62,7 @@ def test_unchanged_files_are_not_read_and_rehash_reads_them_all(tmp_path):
     fresh = json.loads((out / "manifest.json").read_text())["sources"]
     by_file = {p: s for e in grown["shards"]
                for p, s in zip(_paths(out / e["file"]), decode_sources(fresh[e["file"]], e["count"]).tolist())}
-    assert by_file["homer/new.jpg"] == [-1, -1, -1]              # modified within RACY_NS of its reading
+    assert by_file["homer/new.jpg"] == [-1, -1, -1]              # not older than its reading by RACY_NS
     assert by_file["bart/s0001.jpg"][1] == touched.stat().st_mtime_ns
     assert first["work"]["unread"] == 0 and RACY_NS <= HOUR_NS // 2
 
