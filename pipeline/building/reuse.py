@@ -168,15 +168,16 @@ class ReuseIndex:
             with h5py.File(path, "r") as f:
                 digests = [h.decode() for h in f["hashes"][...]]
                 phashes = f["dhash"][...].astype(np.uint64).tolist()
-                paths = f["paths"][...] if by_stat else []
+                stats = decode_sources(sources.get(e["file"]), len(digests)) \
+                    if by_stat and isinstance(sources, dict) else None
+                paths = f["paths"][...] if stats is not None else []   # read only where stats were recorded
             fid = self._file(path)
             self.set_digests.update(digests)
             for r, (d, ph) in enumerate(zip(digests, phashes)):
                 if d not in self.rows:
                     self.rows[d] = (fid, shard.offset + r * self.row_bytes, NO_CRC, ph)
                     added += 1
-            stats = decode_sources(sources.get(e["file"]), len(digests)) if isinstance(sources, dict) else None
-            if by_stat and stats is not None:
+            if stats is not None:
                 for rel, st, d in zip(paths, stats.tolist(), digests):
                     if st[0] >= 0:
                         self.by_path[rel.decode("utf-8", "replace")] = (st, d)

@@ -39,6 +39,7 @@ JSON_DEPTH = 64              # the deepest structure this tool writes is 5 level
 # A compressed shard's pixels against its file: deflate cannot pass 1032:1 (its longest match, 258
 # bytes, costs at least two bits), and LZF's limit is lower.
 COMPRESSION_RATIO = 1100
+MAX_CLASSES = 100_000        # class names a set or model may declare: far above any dataset of this kind
 
 
 def not_a_file(st: os.stat_result) -> Optional[str]:

@@ -35,7 +35,7 @@ import torch
 from ..common.errors import UserError
 from ..common.config import FIT_POLICIES, SIZE_MAX, SIZE_MIN
 from ..common.files import atomic_write
-from ..common.untrusted import printable, regular_file
+from ..common.untrusted import MAX_CLASSES, printable, regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,6 @@ def export_onnx(checkpoint: Path, out: Path, shards: Optional[Path] = None, opse
 
 
 MODEL_BYTES = 2 << 30   # protobuf's own limit for one message
-MAX_CLASSES = 100_000
 MAX_NAME = 1_000
 
 

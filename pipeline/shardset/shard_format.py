@@ -52,9 +52,10 @@ import numpy as np
 
 from ..common.errors import local_path
 from ..common.files import disk_errors, temporary, write_text
-from ..common.untrusted import COMPRESSION_RATIO, declared_bytes, printable, read_json
+from ..common.untrusted import COMPRESSION_RATIO, MAX_CLASSES, declared_bytes, printable, read_json
 from ..imaging.neardup import dhash, group
-from .header import SetChangedError, ShardError, changed, check_header, check_same, identity, open_same
+from .header import SetChangedError, ShardError  # noqa: F401  (the format's errors, raised and re-exported here)
+from .header import changed, check_header, check_same, identity, open_same
 
 logger = logging.getLogger(__name__)
 
@@ -204,9 +205,6 @@ def open_shard(path: Path) -> tuple[Shard, dict, np.ndarray]:
         raise
     except (OSError, KeyError, ValueError) as exc:
         raise ShardError(f"{path}: cannot read shard ({exc}); run `python cli.py verify`") from exc
-
-
-MAX_CLASSES = 100_000   # far above any dataset of this kind; bounds what a crafted manifest makes us build
 
 
 def _manifest_problem(manifest: dict) -> str:

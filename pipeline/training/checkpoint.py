@@ -104,14 +104,18 @@ def _checkpoint_file(path: Path) -> None:
 
 
 def _stored_entries(path: Path) -> None:
-    """CheckpointError unless every entry of the archive is stored as is and within the file.
+    """CheckpointError unless the file is a zip archive (every torch.save since 1.6 writes one) whose
+    every entry is stored as is and within the file.
 
     ``torch.save`` never compresses, so a compressed entry is a crafted file: a few MB
     that would inflate to gigabytes in ``torch.load``. Read from the zip's directory only."""
     try:
         with zipfile.ZipFile(path) as z:
             entries = z.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except zipfile.BadZipFile:
+        raise _foreign(path, "not a PyTorch checkpoint file: not a zip archive (truncated, or another format)") \
+            from None
+    except (OSError, ValueError) as exc:
         raise _foreign(path, f"unreadable zip archive ({exc})") from None
     size = path.stat().st_size
     packed = [e.filename for e in entries if e.compress_type != zipfile.ZIP_STORED]
@@ -133,8 +137,6 @@ def load_checkpoint(path: Path, map_location="cpu", for_resume: bool = False) ->
     """
     path = Path(path)
     _checkpoint_file(path)
-    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive
-        raise _foreign(path, "not a PyTorch checkpoint file: not a zip archive (truncated, or another format)")
     _stored_entries(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
