@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned, so nothing pulls a CUDA build from the registry.
 	$(PY) -m pip install -q torch==2.13.0
 	CC="$(SIMD_CC)" $(PY) -m pip install -q pillow-simd
-	$(PY) -m pip install -q -e '.[test,export]'
+	$(PY) -m pip install -q -e '.[test,export,remote]'
 	# Pillow-SIMD must still be the only PIL (torchvision-like extras would pull Pillow over it).
 	! $(PY) -m pip show -q pillow >/dev/null 2>&1 || { echo 'Pillow was pulled in over Pillow-SIMD' >&2; exit 1; }
 	$(PY) cli.py info

@@ -83,6 +83,44 @@ class Widths(click.ParamType):
 SIZE = Bounded("size")   # and a multiple of 16: config.check_image_size, one rule for every stage
 
 
+class Location(click.ParamType):
+    """A shard set's place: a local folder (a Path; ``file://`` URLs too), or an ``s3://``, ``gs://`` or
+    ``http(s)://`` URL (kept as text: a Path would fold its ``//``)."""
+
+    name = "folder-or-url"
+
+    def convert(self, value, param, ctx):
+        from pipeline.storage.store import is_url, local_folder
+
+        if isinstance(value, Path) or not is_url(str(value)):
+            return Path(value)
+        return local_folder(str(value)) or str(value)
+
+
+class ByteSize(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        try:
+            return value if isinstance(value, int) else pconfig.parse_bytes(value)
+        except pconfig.ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def cache_options(command):
+    """``--cache-dir`` and ``--cache-limit``: where a set in object storage is cached on this node."""
+    command = click.option("--cache-limit", type=ByteSize(), default="0",
+                           help="Bytes the cached shards may take, e.g. 20GB; least recently used go first "
+                                "(0: no limit but the disk's).")(command)
+    return click.option("--cache-dir", type=click.Path(path_type=Path), default=None,
+                        help="This node's cache of shards fetched from object storage "
+                             "[default: ~/.cache/simpsons-shards].")(command)
+
+
+def storage_config(cache_dir, cache_limit) -> "pconfig.StorageConfig":
+    return pconfig.StorageConfig(cache_dir=str(cache_dir or ""), cache_limit=int(cache_limit))
+
+
 class Group(click.Group):
     """Exit codes: 0 done; 1 a user error, printed as one line (``error: ...``)
     naming the file and the fix; 2 a usage error (click), or ``predict`` with
@@ -169,7 +207,8 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
               help="Square output side in pixels, a multiple of 16 (64 or 128 in the notebooks).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="One sub-folder per class [default: characters_train/ if present, else the look-alike set].")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
+@click.option("--out", type=Location(), default=Path("shards"),
+              help="Shard folder, or a URL to publish the set to (s3://bucket/set, gs://...).")
 @click.option("--val-frac", type=Bounded("val_frac"), default=0.15,
               help="Validation share (of the near-duplicate groups; every class with 2+ groups gets one).")
 @click.option("--seed", type=int, default=42, help="Seeds the split and the shard order.")
@@ -186,16 +225,32 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 @click.option("--rehash", is_flag=True,
               help="Read and hash every file (a build otherwise skips reading the files the set holds with "
                    "the same size, modification time and inode).")
+@cache_options
 def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, compression, workers, force,
-               rehash) -> None:
-    """Decode every image once, resize in parallel, split by content, write class-balanced HDF5 shards."""
+               rehash, cache_dir, cache_limit) -> None:
+    """Decode every image once, resize in parallel, split by content, write class-balanced HDF5 shards.
+
+    With --out s3://bucket/set the set is built in this node's cache and published: shards uploaded,
+    manifest last (a reader never sees half a set)."""
     from pipeline.common.config import PreprocessConfig
     from pipeline.building.preprocess import preprocess as run
 
     cfg = PreprocessConfig(size=size, fit=fit, val_frac=val_frac, seed=seed, shard_mb=shard_mb,
                            compression=None if compression == "none" else compression, near_dup=near_dup)
-    m = run(resolve_data_dir(data_dir), out, cfg, workers=workers, force=force, progress=True, rehash=rehash)
-    if m["up_to_date"]:
+    if isinstance(out, str):   # a URL: build here, then publish
+        from pipeline.building.publish import check_publishable, publish
+
+        check_publishable(out)
+        m = publish(resolve_data_dir(data_dir), out, cfg, storage_config(cache_dir, cache_limit), workers=workers,
+                    force=force, progress=True, rehash=rehash)
+        if not m["published"]:
+            echo(f"{out}: up to date ({m['counts']['train']} train, {m['counts']['val']} val); --force rebuilds")
+            return
+        echo(f"{out}: published {len(m['shards'])} shards ({m['uploaded']} uploaded, the rest already there), "
+             f"manifest last")
+    else:
+        m = run(resolve_data_dir(data_dir), out, cfg, workers=workers, force=force, progress=True, rehash=rehash)
+    if m["up_to_date"] and not m.get("published"):
         echo(f"{out}: up to date ({m['counts']['train']} train, {m['counts']['val']} val); "
                    f"--force rebuilds")
         return
@@ -252,18 +307,17 @@ def _split_summary(sp: dict, out: Path, placed_before: int = 0) -> None:
 
 
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
-def verify(out: Path) -> None:
+@click.option("--out", type=Location(), default=Path("shards"), help="Shard folder or URL.")
+@cache_options
+def verify(out, cache_dir, cache_limit) -> None:
     """Re-check shard hashes, counts, labels and shapes; non-zero exit names the bad shard."""
-    from pipeline.shardset.shard_format import read_manifest
-    from pipeline.shardset.shard_format import verify as check
+    from pipeline.shardset.sets import verify as check
 
-    problems = check(out)
+    problems, m = check(out, storage_config(cache_dir, cache_limit))
     if problems:
         for p in problems:
             echo(f"BAD {p}", err=True)
         sys.exit(1)
-    m = read_manifest(out)
     echo(f"{out}: {len(m['shards'])} shards OK ({m['counts']['train']} train, {m['counts']['val']} val)")
 
 
@@ -275,7 +329,7 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
 
 
 @main.command()
-@click.option("--shards", type=click.Path(path_type=Path), default=Path("shards"),
+@click.option("--shards", type=Location(), default=Path("shards"),
               help="Shard folder [with --resume: the checkpoint's].")
 @click.option("--model", "model_name", type=MODELS, default="resnet",
               help="Architecture: resnet (compact, fastest to accuracy here), or the notebooks' bart and cnn4conv.")
@@ -322,9 +376,11 @@ RECIPE_OPTIONS = {"model_name": "model", "recipe": "recipe", "batch_size": "batc
               help="Run folder [default: runs/MODEL-RECIPE; with --resume the checkpoint's folder].")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue a run exactly from its last.pt or interrupted.pt (model and recipe come from it).")
+@cache_options
 @click.pass_context
 def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, device, workers, cache, augment,
-          balance, ema, min_res, widths, minutes, tta, compile_, exact, sync_bn, out, resume) -> None:
+          balance, ema, min_res, widths, minutes, tta, compile_, exact, sync_bn, out, resume, cache_dir,
+          cache_limit) -> None:
     """Train a reference model on the shards (metrics, checkpoints, curves in the run folder).
 
     Under `torchrun --nproc_per_node=N cli.py train ...` it trains with
@@ -352,7 +408,8 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
                          balance=balance, workers=workers, cache=cache, device=device, amp=bool(amp),
                          compile=compile_, exact=exact, sync_bn=sync_bn, out=out, tta=tta, minutes=minutes, ema=ema,
                          min_res=min_res, widths=widths)
-    summary = run(shards, plan, resume=resume, progress=True, say=echo, checkpoint=ckpt)
+    summary = run(shards, plan, resume=resume, progress=True, say=echo, checkpoint=ckpt,
+                  storage=storage_config(cache_dir, cache_limit))
     best = summary["best"]
     if summary["rank"] != 0:
         return
@@ -366,7 +423,7 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--shards", type=click.Path(path_type=Path), default=Path("shards"), help="Shard folder.")
+@click.option("--shards", type=Location(), default=Path("shards"), help="Shard folder or URL.")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", help="Which shard split.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Evaluate raw images instead: class folders, or a flat folder of <class>_<n>.jpg.")
@@ -374,7 +431,8 @@ def train(ctx, shards, model_name, recipe, epochs, batch_size, lr, seed, amp, de
               help="Where confusion_matrix.png goes [default: the checkpoint's folder].")
 @click.option("--device", type=DEVICES, default="auto")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Also write the report as JSON.")
-def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> None:
+@cache_options
+def evaluate(checkpoint, shards, split, data_dir, out, device, json_path, cache_dir, cache_limit) -> None:
     """Accuracy, macro-F1, per-class precision/recall/F1 and a confusion matrix."""
     from pipeline.inference.evaluate import Classifier, evaluate_dir, evaluate_shards
 
@@ -384,7 +442,7 @@ def evaluate(checkpoint, shards, split, data_dir, out, device, json_path) -> Non
     json_path = json_path and expect_file_target(json_path, "--json")
     clf = Classifier.from_checkpoint(checkpoint, device)
     rep = (evaluate_dir(clf, data_dir, out, progress=True) if data_dir
-           else evaluate_shards(clf, shards, split, out))
+           else evaluate_shards(clf, shards, split, out, storage=storage_config(cache_dir, cache_limit)))
     if rep.get("stray_files"):
         echo(f"{data_dir}: {len(rep['stray_files'])} file(s) outside the class folders, not scored: "
                    f"{', '.join(rep['stray_files'][:5])}{' ...' if len(rep['stray_files']) > 5 else ''}", err=True)

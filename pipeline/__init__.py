@@ -2,7 +2,9 @@
 
 The public API (docs/python.md "Use from Python"); ``cli.py`` is a thin user of it:
 
-    open_set(root) -> ShardSet          check a shard set and open it (classes, size, mean/std, counts, splits)
+    open_set(root) -> ShardSet          check a shard set and open it (classes, size, mean/std, counts, splits);
+                                        root a folder or a URL (s3://, gs://, http(s)://; storage=StorageConfig(...))
+    publish(data_dir, url, cfg)         build a set here and publish it to object storage, manifest last
     ShardDataset(split)                 per-sample map-style Dataset: ds[i] -> (uint8 CHW tensor, int label)
     create_loader(split, ...)           the fast batch loader (resident or streaming, seeded, state_dict)
     DeviceTransform(mean, std, device)  normalise + augment whole batches on the device
@@ -20,8 +22,9 @@ below it; ``.importlinter`` states it and ``lint-imports`` checks it):
     inference   evaluate, predict, export: using a trained model
     training    a run: trainer, step loop, optimiser, checkpoint, resume, metrics, distributed, runtime, plots
     reading     the set into batches: per-sample dataset, sampler, batch loader, device transform
-    building    a set from images: discover, split, reuse, commit, preprocess
-    shardset    the set on disk: the shard format, its manifest, open and verify
+    building    a set from images: discover, split, reuse, commit, preprocess, publish
+    shardset    the set on disk: the shard format, its manifest, open and verify; a set at any location
+    storage     object storage (fsspec) and a node's cache of the shards it fetched
     imaging     one image: decode, perceptual hash and near-duplicate groups
     common      configuration, errors, files, environment
 
@@ -38,7 +41,8 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "open_set": "shardset.shard_format", "ShardSet": "shardset.shard_format", "ShardError": "shardset.shard_format",
+    "open_set": "shardset.sets", "ShardSet": "shardset.shard_format", "publish": "building.publish",
+    "StorageConfig": "common.config", "StoreError": "storage.store", "ShardError": "shardset.shard_format",
     "ShardDataset": "reading.dataset",
     "create_loader": "reading.loader", "BatchLoader": "reading.loader", "DeviceTransform": "reading.transform",
     "write_set": "building.preprocess",

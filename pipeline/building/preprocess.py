@@ -300,6 +300,7 @@ def _split_and_write(items: Items, cfg: PreprocessConfig, out: Path, pool: TaskP
         "split": split_report(items, keep, groups, split, class_counts, cfg),
         "placed_before": split.placed_before,   # images whose side the committed set decided (rule 3)
         "mean": mean.tolist(), "std": std.tolist(), "shards": entries, "sources": sources,
+        "labels": {t.path.name: shard_format.encode_labels(t.labels) for t in tasks},
     }
 
 

@@ -8,6 +8,7 @@ traced back to the exact options that made it (nanoGPT's ``GPTConfig``).
 from __future__ import annotations
 
 import dataclasses
+import re
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -297,6 +298,41 @@ class OptimConfig:
         check_range("label_smoothing", self.label_smoothing)
         check_range("epochs", self.epochs)
         check_range("ema", self.ema)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """Where a node keeps the shards it fetches of a set in object storage (``s3://``, ``gs://``, ``http(s)://``).
+
+    Attributes:
+        cache_dir: the node's cache folder, shared by its ranks and loader
+            workers ("" : ``$XDG_CACHE_HOME/simpsons-shards``, else ``~/.cache/simpsons-shards``).
+        cache_limit: bytes the cached shards may take (0: no limit but the
+            disk's); least recently used shards are evicted under it.
+    """
+
+    cache_dir: str = ""
+    cache_limit: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cache_limit, int) or self.cache_limit < 0:
+            raise ConfigError(f"cache_limit must be a whole number of bytes >= 0, got {self.cache_limit!r}")
+
+
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``"500MB"``, ``"20GB"``, ``"1.5GiB"``, ``"0"`` as bytes.
+
+    Raises:
+        ConfigError: not a size.
+    """
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise ConfigError(f"{text!r} is not a size; write it as 500MB, 20GB or 1.5GiB (0: no limit)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,8 @@ def local_path(path, what: str) -> Path:
     text = os.fspath(path)
     if _URL.match(text):
         url = re.sub(r"^([^:]+):/(?!/)", r"\1://", text)
-        raise UserError(f"{url}: a URL where {what} needs a local folder (this version neither reads nor "
-                        f"writes object storage); copy it to a local folder and pass that")
+        raise UserError(f"{url}: a URL where {what} needs a local folder (shard sets may live in object "
+                        f"storage, images and runs may not); copy it to a local folder and pass that")
     return Path(text)
 
 

@@ -94,14 +94,26 @@ def read_json(path: Path, what: str, max_bytes: int = MANIFEST_BYTES, max_depth:
     try:
         with open(path, "rb") as fh:
             data = fh.read(max_bytes + 1)
-        value = json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise error(f"{path}: nested deeper than {max_depth} levels; not {what} this tool wrote") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         noun = what.split(" ", 1)[1] if what.startswith(("a ", "an ")) else what   # "unreadable manifest"
         raise error(f"{path}: unreadable {noun} ({str(exc)[:120]})") from None
+    return parse_json(data, str(path), what, max_bytes, max_depth, error)
+
+
+def parse_json(data: bytes, where: str, what: str, max_bytes: int = MANIFEST_BYTES, max_depth: int = JSON_DEPTH,
+               error: Callable[[str], Exception] = UserError):
+    """Parse JSON bytes read from ``where`` (a file or a URL) under the bounds of :func:`read_json`."""
+    if len(data) > max_bytes:
+        raise error(f"{where}: {len(data):,} bytes, more than the {max_bytes:,} this tool reads as {what}")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise error(f"{where}: nested deeper than {max_depth} levels; not {what} this tool wrote") from None
+    except ValueError as exc:
+        noun = what.split(" ", 1)[1] if what.startswith(("a ", "an ")) else what   # "unreadable manifest"
+        raise error(f"{where}: unreadable {noun} ({str(exc)[:120]})") from None
     if _depth(value, max_depth) > max_depth:
-        raise error(f"{path}: nested deeper than {max_depth} levels; not {what} this tool wrote")
+        raise error(f"{where}: nested deeper than {max_depth} levels; not {what} this tool wrote")
     return value
 
 

@@ -25,7 +25,8 @@ from ..imaging.decode import DecodeError, decode_file
 from ..building.discover import IMAGE_EXTENSIONS, DatasetError, discover, printable
 from ..common.files import write_text
 from ..reading.transform import DeviceTransform
-from ..shardset.shard_format import open_set
+from ..common.config import StorageConfig
+from ..shardset.sets import open_set
 from ..training.metrics import accuracy_f1, predict_logits
 from ..training.runtime import resolve_device
 
@@ -125,14 +126,14 @@ def _report(clf: Classifier, y_true: np.ndarray, probs: np.ndarray, out_dir: Pat
             "per_class_csv": str(out_dir / "per_class.csv"), **extra}
 
 
-def evaluate_shards(clf: Classifier, shards: Path, split: str, out_dir: Path) -> dict:
+def evaluate_shards(clf: Classifier, shards, split: str, out_dir: Path, storage: Optional[StorageConfig] = None) -> dict:
     """Metrics of ``clf`` on one split of a shard set (checked first).
 
     Raises:
         ShardError: a missing, stale or corrupt set.
         DatasetError: the split is empty, or its classes/size differ from the model's.
     """
-    sset = open_set(shards)
+    sset = open_set(shards, storage=storage)
     if sset.class_names != clf.class_names or sset.image_size != clf.image_size:
         raise DatasetError(f"{shards}: {sset.image_size} px / {len(sset.class_names)} classes, the model was "
                            f"trained on {clf.image_size} px / {len(clf.class_names)} classes; pass the --shards "

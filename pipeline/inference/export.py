@@ -81,12 +81,16 @@ class _Deployable(torch.nn.Module):
 
 def _check_images(ckpt: dict, shards: Optional[Path], image_size: int, class_names: list[str]) -> np.ndarray:
     """Up to CHECK_IMAGES real images of the run's shard set (val first)."""
-    from ..shardset.shard_format import ShardError, open_set
+    from ..shardset.shard_format import ShardError
+    from ..shardset.sets import open_set
 
-    root = Path(shards or ckpt.get("shards") or "")
+    from ..storage.store import StoreError, is_url
+
+    given = shards or ckpt.get("shards") or ""
+    root = given if is_url(str(given)) else Path(given)
     try:
         sset = open_set(root, checksums=False)
-    except ShardError as exc:
+    except (ShardError, StoreError) as exc:
         raise ExportError(f"{exc}; the export is checked on the run's shard images: pass --shards with the "
                           f"folder the run was trained on") from None
     if sset.image_size != image_size or sset.class_names != class_names:

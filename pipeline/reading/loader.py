@@ -43,9 +43,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..common.config import LoaderConfig
+from ..common.errors import UserError
 from .dataset import ShardMaps
-from .sampler import EpochBatchSampler
-from ..shardset.shard_format import ShardError, SplitSet
+from .prefetch import AHEAD, Prefetcher
+from .sampler import WINDOW_SHARDS, EpochBatchSampler
+from ..shardset.shard_format import SplitSet
 from .transform import DeviceTransform
 
 logger = logging.getLogger(__name__)
@@ -186,11 +188,11 @@ class ShardBatchDataset(Dataset):
             self._spare = torch.empty((n, self.size, self.size, 3), dtype=torch.uint8)
         return self._spare[:n]
 
-    def __getitem__(self, idx: np.ndarray) -> "torch.Tensor | RingSlot | ShardError":
+    def __getitem__(self, idx: np.ndarray) -> "torch.Tensor | RingSlot | UserError":
         try:
             return self._get(idx)
-        except ShardError as exc:   # a shard replaced or damaged: one line in the main process, not a
-            return exc              # worker's traceback (it is raised there, where the batch is taken)
+        except UserError as exc:   # a shard replaced or damaged, the store failing, the cache full: one line
+            return exc             # in the main process, not a worker's traceback (raised where the batch is taken)
 
     def _get(self, idx: np.ndarray) -> "torch.Tensor | RingSlot":
         if self._pid != os.getpid():  # first call in this process: no ring slot inherited is ours
@@ -267,6 +269,10 @@ class BatchLoader:
         self._waited = 0.0  # seconds the current iteration has waited for batches
         self.labels = torch.from_numpy(split.labels)
         self.reader = READERS[mode](split, cfg, device, sampler)
+        self.prefetch = None
+        if split.remote and mode == "none":   # fetched ahead of the workers, in the epoch's order
+            self.prefetch = Prefetcher(split, _ahead(split, cfg), lead=self.reader.lead,
+                                       contiguous=not (sampler.shuffle and sampler.balance))
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """The next iteration reads ``epoch``, from batch ``start_batch`` on."""
@@ -298,6 +304,8 @@ class BatchLoader:
         before it lets the lock go, so the next run can take it at once.
         """
         self.reader.close()
+        if self.prefetch is not None:
+            self.prefetch.close()
 
     @property
     def resident(self) -> Optional[torch.Tensor]:
@@ -351,6 +359,8 @@ class BatchLoader:
                 return
             x, y = batch
             self._handed += 1
+            if self.prefetch is not None:
+                self.prefetch.advance(self._handed)
             if transform is not None:
                 x = transform(x, augment=train)  # a new tensor: nothing shared
             elif keep:
@@ -364,6 +374,8 @@ class BatchLoader:
         # each: Python per batch is a visible part of a small batch's gather
         # (benchmarks/history/bench.md "The 64 px resident gap found and closed").
         labels = _to_device(self.labels.index_select(0, idx), self.device).split(b)
+        if self.prefetch is not None:   # a set in object storage: its shards fetched ahead, in this order
+            self.prefetch.start_epoch(idx.numpy(), b, self.sampler.start_batch)
         return self.reader.batches(self.sampler.epoch, self.sampler.start_batch, idx, labels)
 
 
@@ -392,6 +404,7 @@ class StreamReader:
                                        split.image_size, 3), dtype=torch.uint8).share_memory_()
         self.recycles = self.shared is not None   # a ring slot is written again ``ring`` messages later
         self.per_message = per_message
+        self.lead = workers * prefetch * per_message   # batches the workers may gather ahead of the consumer
         self.stream = _Stream(sampler, per_message)
         self.it: Optional[Iterator] = None
         self.next_epoch: Optional[int] = None  # the epoch the live iterator is at, if any
@@ -414,7 +427,7 @@ class StreamReader:
         for y in labels:
             if message is None or pos == len(message):   # the next worker message: several batches
                 message, pos = next(self.it), 0
-                if isinstance(message, ShardError):
+                if isinstance(message, UserError):
                     raise message
                 if isinstance(message, tuple):  # a RingSlot of the shared ring: read in place
                     w, k, n = message
@@ -514,9 +527,22 @@ class DataWait:
             self.seconds += time.perf_counter() - t
 
 
+def _ahead(split: SplitSet, cfg: LoaderConfig) -> int:
+    """Shards to fetch ahead of the reader: :data:`~pipeline.reading.prefetch.AHEAD`, fewer where the
+    cache limit must also hold the shards each worker has open (two maps each, :class:`ShardMaps`)."""
+    limit = split.shards[0].source.cache.limit if split.shards else None
+    if not limit:
+        return AHEAD
+    biggest = max(s.source.entry["bytes"] for s in split.shards)
+    return max(1, min(AHEAD, limit // biggest - 2 * max(cfg.workers, 1) - 1))
+
+
 def resolve_cache(cache: str, split: SplitSet, device: torch.device) -> str:
     """``auto``: device if the split takes under 40% of free GPU memory, RAM if
-    under 30% of available RAM, else streaming."""
+    under 30% of available RAM, else streaming. A split in object storage
+    streams: its first batch then waits for one shard, not the whole set."""
+    if cache == "auto" and split.remote:
+        return "none"
     if cache != "auto":
         if cache == "device" and device.type != "cuda":
             return "ram"  # on CPU the device is RAM
@@ -565,5 +591,5 @@ def create_loader(split: SplitSet, cfg: Optional[LoaderConfig] = None, *, device
     logger.info("loader: %d images, cache=%s, workers=%d", len(split), mode, cfg.workers)
     sampler = EpochBatchSampler(split.offsets, split.labels, cfg.batch_size, seed=cfg.seed, rank=rank,
                                 world_size=world_size, shuffle=train, balance=cfg.balance if train else 0.0,
-                                drop_last=train and cfg.drop_last)
+                                drop_last=train and cfg.drop_last, windows=WINDOW_SHARDS if split.remote else 0)
     return BatchLoader(split, cfg, device, mode, sampler, transform)

@@ -37,6 +37,7 @@ manifest is incomplete by definition.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -66,7 +67,9 @@ SPLITS = ("train", "val")
 
 # The only file names a shard set may hold; a manifest naming anything else
 # (``../x``, ``/etc/...``) is not trusted.
-SHARD_NAME = re.compile(r"^(train|val)-[0-9]{5}\.h5$")
+# A published set's shards carry the first 16 hex digits of their SHA-256 (``train-00000.<sha>.h5``):
+# two versions of a set, or two writers racing, never overwrite each other's objects (docs/remote.md).
+SHARD_NAME = re.compile(r"^(train|val)-[0-9]{5}(\.[0-9a-f]{16})?\.h5$")
 FIX = "run `python cli.py preprocess --force`"
 
 
@@ -151,6 +154,8 @@ class Shard:
     image_size: int
     offset: Optional[int]
     ident: tuple = ()
+    source: Optional[object] = None   # a shard in object storage: fetched through the node's cache on first use
+
 
     def images_map(self) -> np.ndarray:
         """The images as a read-only (N, H, W, 3) array backed by the file.
@@ -159,6 +164,8 @@ class Shard:
         Open this inside each DataLoader worker: maps and h5py handles must
         not cross a fork.
         """
+        if self.source is not None:
+            return self.source.images()   # pipeline.shardset.sets.RemoteShard: fetched, checked, then mapped
         shape = (self.count, self.image_size, self.image_size, 3)
         if self.count == 0:
             return np.zeros(shape, dtype=np.uint8)
@@ -218,6 +225,9 @@ def _manifest_problem(manifest: dict) -> str:
         return "mean/std are not 3 finite values each, mean in [0, 1], std in (0, 1]"
     if not isinstance(manifest["shards"], list):
         return "shards is not a list"
+    labels = manifest.get("labels", {})
+    if not (isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())):
+        return "labels is not a map of shard file to encoded labels"
     for k, e in enumerate(manifest["shards"]):
         if not SHARD_NAME.match(str(e["file"])):
             return (f"shard {k} names '{printable(str(e['file']))[:80]}', not train-NNNNN.h5 or val-NNNNN.h5 in "
@@ -243,16 +253,24 @@ def read_manifest(root: Path) -> dict:
     if not path.exists():
         raise ShardError(f"{root}: no {MANIFEST}, so no complete shard set; "
                          f"run `python cli.py preprocess --out {root}`")
-    manifest = read_json(path, "a manifest", error=lambda why: ShardError(f"{why}; {FIX}"))
+    return check_manifest(read_json(path, "a manifest", error=lambda why: ShardError(f"{why}; {FIX}")), path)
+
+
+def check_manifest(manifest, where) -> dict:
+    """A parsed manifest (from a file or a URL, named by ``where``) whose version and entries this code trusts.
+
+    Raises:
+        ShardError: another format version, or entries this code cannot trust.
+    """
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise ShardError(f"{path}: format version {version}, this code reads {FORMAT_VERSION}; {FIX}")
+        raise ShardError(f"{where}: format version {version}, this code reads {FORMAT_VERSION}; {FIX}")
     try:
         problem = _manifest_problem(manifest)
     except (KeyError, TypeError) as exc:
-        raise ShardError(f"{path}: manifest lacks {printable(str(exc))}; {FIX}") from None
+        raise ShardError(f"{where}: manifest lacks {printable(str(exc))}; {FIX}") from None
     if problem:
-        raise ShardError(f"{path}: {problem}; {FIX}")
+        raise ShardError(f"{where}: {problem}; {FIX}")
     return manifest
 
 
@@ -261,6 +279,36 @@ def _stats_ok(mean, std) -> bool:
     ok = isinstance(mean, list) and isinstance(std, list) and len(mean) == 3 and len(std) == 3
     ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in mean + std)
     return ok and all(0.0 <= v <= 1.0 for v in mean) and all(0.0 < v <= 1.0 for v in std)
+
+
+def encode_labels(labels: np.ndarray) -> str:
+    """A shard's labels as the manifest keeps them (``labels[file]``): base64 of little-endian int16.
+
+    Kept beside the shards so a reader of a set in object storage knows every
+    label, hence its epoch order, before it has fetched a single shard.
+    """
+    return base64.b64encode(np.asarray(labels, dtype="<i2").tobytes()).decode("ascii")
+
+
+def decode_labels(manifest: dict, entry: dict, where) -> np.ndarray:
+    """The labels the manifest records for ``entry``'s shard, checked against its count and class list.
+
+    Raises:
+        ShardError: none recorded (a set built before they were), or not what the entry declares.
+    """
+    text = manifest.get("labels", {}).get(entry["file"])
+    if text is None:
+        raise ShardError(f"{where}: the manifest records no labels for {entry['file']} (built by an older "
+                         f"version); {FIX}")
+    try:
+        labels = np.frombuffer(base64.b64decode(text, validate=True), dtype="<i2").astype(np.int64)
+    except ValueError:
+        labels = None
+    n = len(manifest["class_names"])
+    if labels is None or len(labels) != entry["count"] or (len(labels) and (labels.min() < 0 or labels.max() >= n)):
+        raise ShardError(f"{where}: the labels recorded for {entry['file']} are not {entry['count']} labels in "
+                         f"0..{n - 1}; {FIX}")
+    return labels
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
@@ -318,6 +366,7 @@ class SplitSet:
     image_size: int
     mean: np.ndarray              # (3,) training mean in [0, 1]
     std: np.ndarray               # (3,)
+    remote: bool = False          # shards fetched from object storage on first use (pipeline.shardset.sets)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

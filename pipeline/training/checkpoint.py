@@ -41,6 +41,7 @@ import torch
 from ..common.config import (ConfigError, LoaderConfig, ModelConfig, OptimConfig, RunConfig, TrainPlan, from_dict,
                              to_dict)
 from ..common.errors import UserError, local_path
+from ..storage.store import Store, is_url
 from ..common.files import atomic_write
 from ..common.untrusted import printable, regular_file
 
@@ -239,8 +240,10 @@ def check_resume(ckpt: dict, plan: TrainPlan, resume: Path, classes: list, size:
                 raise TrainingError(f"{resume} was trained with {part} {k}={cfg[part][k]!r}, not {mine[k]!r}; "
                                     f"--resume continues the checkpoint's own recipe (drop that option)")
     if len(ckpt["rng"]) != world:
-        raise TrainingError(f"{resume} was written by {len(ckpt['rng'])} processes; resume with the same "
-                            f"world size (got {world})")
+        raise TrainingError(f"{resume} was written by {len(ckpt['rng'])} processes and this run has {world}: "
+                            f"each rank's place in the epoch and its random state were saved, so another number "
+                            f"of ranks would not continue the same sample order; resume with {len(ckpt['rng'])} "
+                            f"processes in all (nodes x --nproc_per_node)")
     done = ckpt["position"]["epoch"]
     if plan.optim.epochs < done or (plan.optim.epochs == done and not ckpt["position"]["step"]):
         raise TrainingError(f"{resume} has trained {done} of {cfg['optim']['epochs']} epochs already; pass "
@@ -267,10 +270,10 @@ def check_out(out: Path, resume: Optional[Path], shards: Optional[Path] = None) 
     before its first checkpoint) holds nothing to protect: a new run starts
     there. The run folder may not be, or lie inside, the shard folder.
     """
-    out = Path(out)
+    out = local_path(out, "--out, the run folder")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file, not a folder (--out names the run folder); pass another --out")
-    if shards is not None:
+    if shards is not None and not is_url(shards):
         s, o = Path(shards).resolve(), out.resolve()
         if o == s or s in o.parents:
             raise UserError(f"{out}: is inside the shard folder {shards}; pass an --out outside it, such as "
@@ -312,19 +315,22 @@ def check_given(ckpt: dict, resume: Path, given: dict) -> None:
                                 f"checkpoint's own recipe: drop {flag} (or start a new run with another --out)")
 
 
-def resume_shards(ckpt: dict, resume: Path, given: Optional[Path]) -> Path:
-    """The shard folder a resumed run reads: ``given``, else the checkpoint's, which must still be there."""
+def resume_shards(ckpt: dict, resume: Path, given) -> "Path | str":
+    """The shard set a resumed run reads: ``given``, else the checkpoint's (a folder that must still be
+    there, or the URL of a set in object storage, checked when it is opened)."""
     if given is not None:
-        return Path(given)
+        return given if is_url(given) else Path(given)
     recorded = ckpt.get("shards")
     if not recorded:
         return Path("shards")
     if not isinstance(recorded, str) or len(recorded) > 4096:
         raise _foreign(resume, "its shard folder is not a path")
-    try:   # read only, and checked as any set is; a URL would be taken for a folder named "s3:"
-        local_path(recorded, f"the shard folder {resume} records")
-    except UserError as exc:
-        raise CheckpointError(f"{exc}; or pass --resume {resume} --shards A_LOCAL_SET") from None
+    if is_url(recorded):
+        try:
+            Store(recorded)   # a scheme this tool reads, its backend installed
+        except UserError as exc:
+            raise CheckpointError(f"{exc}; or pass --resume {resume} --shards ANOTHER_SET") from None
+        return recorded
     if not (Path(recorded) / "manifest.json").is_file():
         raise TrainingError(f"{recorded}: the shard folder {resume} was trained on is not there (moved or "
                             f"deleted); if it moved, pass its new place: --resume {resume} --shards NEW_PLACE "

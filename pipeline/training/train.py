@@ -27,11 +27,13 @@ from torch import nn
 from tqdm import tqdm
 
 from model import count_parameters, create_model
-from ..common.config import TrainPlan, check_image_size
+from ..common.config import StorageConfig, TrainPlan, check_image_size
 from ..common.files import FolderLock, write_text
 from ..reading.loader import create_loader
 from ..reading.transform import DeviceTransform
-from ..shardset.shard_format import ShardSet, open_set
+from ..shardset.shard_format import ShardSet
+from ..shardset.sets import open_set
+from ..storage.store import StoreError
 from . import distributed, steploop
 from .checkpoint import load_checkpoint, restore_run, rng_state, save_checkpoint
 from .checkpoint import TrainingError, check_out, check_resume, resume_plan  # noqa: F401  (public via train)
@@ -44,14 +46,15 @@ from .steploop import EpochSums, NanCheck, RunPosition, Stopped, StopRequest, Ti
 logger = logging.getLogger(__name__)
 
 
-def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress: bool = False,
+def train(shards, plan: TrainPlan, resume: Optional[Path] = None, progress: bool = False,
           say: Callable[[str], None] = logger.info, stop_after: Optional[int] = None,
           on_step: Optional[Callable[[int, int], None]] = None, sync_debug: Optional[str] = None,
-          checkpoint: Optional[dict] = None) -> dict:
+          checkpoint: Optional[dict] = None, storage: Optional[StorageConfig] = None) -> dict:
     """Train ``plan.model`` on the shard set in ``shards``.
 
     Args:
-        shards: a complete shard set (preprocess's output folder); checked first.
+        shards: a complete shard set (preprocess's output folder, or its URL in
+            object storage, read through the node's cache ``storage``); checked first.
         plan: model, optimiser, loader and run configs. With ``resume``, use
             :func:`resume_plan` (its recipe must be the checkpoint's; a
             larger ``optim.epochs`` extends the run).
@@ -76,7 +79,7 @@ def train(shards: Path, plan: TrainPlan, resume: Optional[Path] = None, progress
         CheckpointError: a ``resume`` file that is not a checkpoint of this tool.
         KeyboardInterrupt: after Ctrl-C, once ``interrupted.pt`` is written.
     """
-    sset = open_set(shards)
+    sset = open_set(shards, storage=storage)
     train_split, val_split = sset.split("train"), sset.split("val")
     size, classes = sset.image_size, sset.class_names
     if len(train_split) == 0:
@@ -322,7 +325,8 @@ class Trainer:
         bar = tqdm(total=self.steps, initial=first, desc=f"epoch {epoch + 1}", unit="batch", leave=False,
                    disable=not self.progress)
         step = first
-        with steploop.sync_debug(self.sync_debug if dev.type == "cuda" else None):
+        with steploop.sync_debug(self.sync_debug if dev.type == "cuda" else None), \
+                self._store_failure(epoch, sums, lambda: step, t0, bar):
             for x, yb in loader.timed():   # normalised and augmented on the device by the loader's transform
                 set_lr(self.optimizer, o, epoch * self.steps + step, o.epochs * self.steps)
                 loss, logits, applied = self.prec.step(self.fwd, self.optimizer, x, yb, o.label_smoothing)
@@ -353,6 +357,21 @@ class Trainer:
                     if (self.out / "last.pt").exists() else "no checkpoint was written yet")
             raise TrainingError(f"loss became nan or inf in epoch {epoch + 1}; {kept}; try a lower --lr or --no-amp")
         return {**sums.stats(loader.wait_seconds, seconds), "res": self.transform.train_size, **peak_memory_mb(dev)}
+
+    @contextlib.contextmanager
+    def _store_failure(self, epoch: int, sums: EpochSums, step: Callable[[], int], t0: float, bar):
+        """A set in object storage that fails mid-epoch (after the store's retries) stops the run as
+        SIGTERM does: ``interrupted.pt`` at the last whole step, then the store's one line. Under torchrun
+        the other ranks cannot join that save; the run stops with its last epoch's checkpoint."""
+        try:
+            yield
+        except StoreError as exc:
+            if self.ctx.distributed:
+                raise
+            bar.close()
+            self._save_interrupted(epoch, sums, time.perf_counter() - t0)
+            raise StoreError(f"{exc} (the run stopped in epoch {epoch + 1} after batch {step()}; once the store "
+                             f"answers, continue with --resume {self.out / 'interrupted.pt'})") from None
 
     def _save_interrupted(self, epoch: int, sums: EpochSums, seconds: float) -> None:
         """Write ``interrupted.pt`` at the loader's position inside ``epoch`` (every rank calls it)."""

@@ -234,16 +234,16 @@ def test_a_checkpoint_whose_entries_inflate_is_refused_unread(finished, tmp_path
         assert code == 1 and str(evil) in line and "compressed entries" in line, out
 
 
-def test_a_checkpoint_naming_a_shard_folder_that_is_no_path_or_a_url_is_one_line(finished, tmp_path):
+def test_a_checkpoint_naming_a_shard_folder_that_is_no_path_or_no_store_is_one_line(finished, tmp_path):
     runs = []
-    for k, shards in enumerate((12345, "s3://bucket/set", "x" * 5000)):
+    for k, shards in enumerate((12345, "ftp://bucket/set", "x" * 5000)):
         ckpt = torch.load(finished / "last.pt", weights_only=True)
         ckpt["shards"] = shards
         path = tmp_path / f"run{k}" / "last.pt"
         path.parent.mkdir()
         torch.save(ckpt, path)
         runs.append(("train", "--resume", path, "--device", "cpu"))
-    reasons = ("its shard folder is not a path", "s3://bucket/set: a URL", "its shard folder is not a path")
+    reasons = ("its shard folder is not a path", "ftp://bucket/set: not a location", "its shard folder is not a path")
     for (_, _, path, *_), reason, (code, out) in zip(runs, reasons, cli_many(*runs)):
         line = one_line(out)
         assert code == 1 and str(path) in line and reason in line, out

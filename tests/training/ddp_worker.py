@@ -2,6 +2,8 @@
 
 Usage: torchrun --nproc_per_node=2 tests/ddp_worker.py SHARDS RUN_DIR TRACE_DIR [--resume] [--sigterm|--full]
 
+SHARDS may be a URL (tests/remote/test_nodes.py: two nodes, each with its cache in TEST_CACHE_DIR).
+
 With --resume it continues RUN_DIR/last.pt (RUN_DIR/interrupted.pt after
 --sigterm), streaming from the shards with a DataLoader worker per rank
 instead of the resident RAM cache. --full trains both epochs in one go;
@@ -20,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pipeline.reading import loader  # noqa: E402
 from pipeline.training import steploop
-from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig  # noqa: E402
+from pipeline.common.config import LoaderConfig, ModelConfig, OptimConfig, RunConfig, StorageConfig  # noqa: E402
 from pipeline.training.train import TrainPlan, train  # noqa: E402
 
 seen = []
@@ -36,7 +38,10 @@ def _recording_epoch_indices(self):  # every cache mode takes an epoch's batches
 
 loader.BatchLoader.epoch_indices = _recording_epoch_indices
 
-shards, run_dir, trace = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+# a set in object storage stays a URL (a Path would fold its //); each node's cache from the environment
+shards = sys.argv[1] if "://" in sys.argv[1] else Path(sys.argv[1])
+run_dir, trace = Path(sys.argv[2]), Path(sys.argv[3])
+storage = StorageConfig(cache_dir=os.environ.get("TEST_CACHE_DIR", ""))
 rank = int(os.environ["RANK"])
 sigterm, full = "--sigterm" in sys.argv, "--full" in sys.argv
 resume = (run_dir / ("interrupted.pt" if (run_dir / "interrupted.pt").exists() else "last.pt")
@@ -54,7 +59,7 @@ def preempt(epoch, step):
 
 try:
     summary = train(shards, plan, resume=resume, stop_after=None if (resume or full or sigterm) else 1,
-                    on_step=preempt)
+                    on_step=preempt, storage=storage)
 except steploop.Stopped as exc:
     (trace / f"rank{rank}-stopped.json").write_text(json.dumps({"signum": exc.signum}))
     sys.exit(128 + exc.signum)
