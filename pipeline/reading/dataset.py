@@ -50,6 +50,12 @@ class ShardMaps:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_maps": [], "_loaded": [], "_pid": None}
 
+    def _bounded(self, s: int) -> bool:
+        source = self.shards[s].source
+        if source is not None:   # a shard in object storage: held open, it cannot be evicted
+            return source.cache.limit is not None
+        return self.shards[s].offset is None
+
     def __getitem__(self, s: int):
         if self._pid != os.getpid():  # first read in this process: nothing inherited is valid
             self._maps, self._loaded, self._pid = [None] * len(self.shards), [], os.getpid()
@@ -62,7 +68,7 @@ class ShardMaps:
                     warnings.simplefilter("ignore", UserWarning)
                     images = torch.from_numpy(images)
             self._maps[s] = images
-            if self.shards[s].offset is None:  # decompressed into RAM: bound how many
+            if self._bounded(s):   # decompressed into RAM, or holding a bounded cache's room: bound how many
                 self._loaded.append(s)
                 while len(self._loaded) > self.keep:
                     self._maps[self._loaded.pop(0)] = None

@@ -87,7 +87,7 @@ def _shm_free() -> int:
 
 
 def message_plan(batch_bytes: int, workers: int, prefetch_factor: int, asked: int = 0,
-                 shm_free: Optional[int] = None) -> tuple[int, int, int]:
+                 shm_free: Optional[int] = None, cap: Optional[int] = None) -> tuple[int, int, int]:
     """(batches per message, messages in flight per worker, ring slots per worker) for the streaming path.
 
     Args:
@@ -97,6 +97,8 @@ def message_plan(batch_bytes: int, workers: int, prefetch_factor: int, asked: in
             messages as hold them, at least 2, so one is always ready.
         asked: batches per message chosen by the caller (0: sized here).
         shm_free: free bytes of /dev/shm (default: asked of the system).
+        cap: bytes the workers' ring may hold at most (a set read through a bounded cache: what the
+            workers gather ahead of the consumer must leave the cache room for the shards after it).
     """
     def ring_of(k: int) -> tuple[int, int]:
         prefetch = max(2, -(-prefetch_factor // k))
@@ -104,7 +106,7 @@ def message_plan(batch_bytes: int, workers: int, prefetch_factor: int, asked: in
 
     if asked:
         return (asked,) + ring_of(asked)
-    budget = min(RING_BYTES, (_shm_free() if shm_free is None else shm_free) // 4)
+    budget = min(RING_BYTES, (_shm_free() if shm_free is None else shm_free) // 4, cap or RING_BYTES)
     k = max(1, min(32, MESSAGE_BYTES // max(batch_bytes, 1)))
     while k > 1 and workers * ring_of(k)[1] * k * batch_bytes > budget:
         k -= 1
@@ -394,8 +396,10 @@ class StreamReader:
         self.device = device
         cuda = device.type == "cuda"
         workers = cfg.workers
+        limit = split.shards[0].source.cache.limit if split.remote and split.shards else None
         per_message, prefetch, ring = message_plan(cfg.batch_size * split.image_size ** 2 * 3, workers,
-                                                   cfg.prefetch_factor, cfg.message_batches)
+                                                   cfg.prefetch_factor, cfg.message_batches,
+                                                   cap=limit // 4 if limit else None)
         if workers == 0:
             per_message = 1
         self.shared: Optional[torch.Tensor] = None  # the workers' message ring on CPU

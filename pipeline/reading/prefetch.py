@@ -74,6 +74,7 @@ class Prefetcher:
         self.pending: set[int] = set()
         self.ranked = 0               # shards of the sequence ranked as read
         self.high = time.time_ns() + FUTURE_NS
+        self._next_first = self._next_done = 0
         self.done: set[int] = set()
         self.closed = False
         self.thread = threading.Thread(target=self._run, name="prefetch-plan", daemon=True)
@@ -88,10 +89,12 @@ class Prefetcher:
             self.done = set()
             self.ranked = 0
             self.high = time.time_ns() + FUTURE_NS
+            self._boundaries()
             for j, s in enumerate(seq):   # every shard still to be read outranks every shard read
                 src = self.split.shards[int(s)].source
-                if src.cache.cached(src.entry["sha256"], src.entry["bytes"]):
+                if src.cache.path(src.entry["sha256"]).exists():   # here (a reader checks it before use)
                     self._rank(int(s), self.high - j)
+                    self.done.add(int(s))
             self.cond.notify_all()
 
     def _rank(self, s: int, value: int) -> None:
@@ -108,14 +111,27 @@ class Prefetcher:
         the fetch thread, a reader's own fetch could find them still ranked
         "to be read" and evict a shard the epoch does need.
         """
-        with self.cond:
+        # Called once a batch: the fetch thread is woken only when a shard boundary is crossed (by the
+        # consumer, or by the workers ahead of it), so at hundreds of batches a second it costs no GIL.
+        if self._next_first <= batches + self.lead or (self.contiguous and self._next_done <= batches):
+            with self.cond:
+                self.handed = batches
+                if self.contiguous:   # each shard's samples together: the shards before the current one are done
+                    reading = int(np.searchsorted(self.first, batches, side="right"))
+                    while self.ranked < reading - 1:   # ranked below the rest, the earliest read lowest
+                        self._rank(int(self.seq[self.ranked]), READ_NS + self.generation * 10**7 + self.ranked)
+                        self.ranked += 1
+                self._boundaries()
+                self.cond.notify_all()
+        else:
             self.handed = batches
-            if self.contiguous:   # each shard's samples together: the shards before the current one are done
-                reading = int(np.searchsorted(self.first, batches, side="right"))
-                while self.ranked < reading - 1:   # ranked below the rest, the earliest read lowest
-                    self._rank(int(self.seq[self.ranked]), READ_NS + self.generation * 10**7 + self.ranked)
-                    self.ranked += 1
-            self.cond.notify_all()
+
+    def _boundaries(self) -> None:
+        """The next batch counts at which :meth:`advance` has work: a new shard begun ahead, one left behind."""
+        k = int(np.searchsorted(self.first, self.handed + self.lead, side="right"))
+        self._next_first = int(self.first[k]) if k < len(self.first) else 1 << 62
+        j = self.ranked + 2   # the shard after the current one begins: the current one's predecessor is done
+        self._next_done = int(self.first[j - 1]) if j - 1 < len(self.first) else 1 << 62
 
     def close(self) -> None:
         with self.cond:

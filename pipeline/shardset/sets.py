@@ -11,6 +11,8 @@ with it the first batch, needs no shard but the first one it reads.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -25,6 +27,7 @@ from ..common.untrusted import MANIFEST_BYTES, parse_json
 from ..storage.cache import ShardCache, default_cache_dir
 from ..storage.store import Store, StoreError, is_url, local_folder
 from . import shard_format
+from .header import identity
 from .shard_format import FIX, MANIFEST, SPLITS, Shard, ShardError, ShardSet, SplitSet
 
 
@@ -81,16 +84,35 @@ class RemoteShard:
         return self.cache.ensure(self.store, e["file"], e["sha256"], e["bytes"], wait=wait, evict_below=evict_below,
                                  rank=rank)
 
+    def expected(self) -> str:
+        """What the manifest says of this shard's content, as one digest (what a check of the file compared)."""
+        h = hashlib.sha256(json.dumps([self.class_names, self.entry["split"], self.image_size]).encode())
+        h.update(np.asarray(self.labels, dtype="<i2").tobytes())
+        return h.hexdigest()
+
     def images(self) -> np.ndarray:
-        """The shard's images, mapped from the cache; the map holds a lease, so it is never evicted while open."""
-        lease = self.cache.use(self.entry["sha256"])
+        """The shard's images, mapped from the cache; the map holds a lease, so it is never evicted while open.
+
+        The file's header is checked against the manifest once per cached
+        file: the result, with the offset of its pixel block, goes into the
+        cache's record, so the loader's workers map it without opening HDF5.
+        """
+        e = self.entry
+        lease = self.cache.use(e["sha256"])
         try:
             path = self.fetch()
-            shard, attrs, labels = shard_format.open_shard(path)
-            where = self.store.where(self.entry["file"])
-            if attrs.get("class_names") != self.class_names or attrs.get("split") != self.entry["split"] \
-                    or shard.image_size != self.image_size or not np.array_equal(labels, self.labels):
-                raise ShardError(f"{where}: its split, classes, size or labels differ from the manifest's; {FIX}")
+            mark = self.cache.marker(e["sha256"], e["bytes"]) or {}
+            expected = self.expected()
+            if mark.get("checked") == expected and isinstance(mark.get("offset"), int):
+                shard = Shard(path, int(e["count"]), self.image_size, mark["offset"], identity(os.stat(path)))
+            else:
+                shard, attrs, labels = shard_format.open_shard(path)
+                if attrs.get("class_names") != self.class_names or attrs.get("split") != e["split"] \
+                        or shard.image_size != self.image_size or not np.array_equal(labels, self.labels):
+                    raise ShardError(f"{self.store.where(e['file'])}: its split, classes, size or labels differ "
+                                     f"from the manifest's; {FIX}")
+                if shard.offset is not None:
+                    self.cache.note(e["sha256"], e["bytes"], checked=expected, offset=int(shard.offset))
             images = shard.images_map()
         except BaseException:
             lease.close()

@@ -35,6 +35,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Iterator, Optional
@@ -65,35 +66,41 @@ def _mb(n: int) -> str:
 # The lock files this process has open. A flock belongs to the open file, which a fork shares: a
 # DataLoader worker forked while the main process fetched would hold that fetch's lock for its whole life
 # and wait on it forever. So a child closes its copies at once (the parent's lock is untouched).
+# A fork waits for _FORKING, which an open or a close of a lock file holds, so no fork falls between
+# the open and its entry in _HELD (a child would keep such a lock for life: seen as a hang).
 _HELD: set[int] = set()
+_FORKING = threading.Lock()
 
 
 def _drop_inherited() -> None:
+    _FORKING.release()
     for fd in list(_HELD):
         with contextlib.suppress(OSError):
             os.close(fd)
     _HELD.clear()
 
 
-os.register_at_fork(after_in_child=_drop_inherited)
+os.register_at_fork(before=_FORKING.acquire, after_in_parent=_FORKING.release, after_in_child=_drop_inherited)
 
 
 def _open_lock(path: Path) -> int:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on device: {path.parent} (the shard cache); free some space "
-                                f"or pass another --cache-dir") from None
-        raise
-    _HELD.add(fd)
+    with _FORKING:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFullError(f"no space left on device: {path.parent} (the shard cache); free some space "
+                                    f"or pass another --cache-dir") from None
+            raise
+        _HELD.add(fd)
     return fd
 
 
 def _close_lock(fd: int) -> None:
-    if fd in _HELD:   # not one a fork already closed
-        _HELD.discard(fd)
-        os.close(fd)
+    with _FORKING:
+        if fd in _HELD:   # not one a fork already closed
+            _HELD.discard(fd)
+            os.close(fd)
 
 
 def _reserve(path: Path) -> Path:
@@ -149,13 +156,26 @@ class ShardCache:
 
     def cached(self, sha: str, size: int) -> bool:
         """Whether ``sha`` is here, fetched and checked by this cache, and unchanged since."""
+        return self.marker(sha, size) is not None
+
+    def marker(self, sha: str, size: int) -> Optional[dict]:
+        """The ``.ok`` record of ``sha`` when it is here, fetched and checked, and unchanged since; else None."""
         try:
             mark = json.loads((self.objects / f"{sha}.ok").read_text())
             st = os.stat(self.path(sha))
-            return [st.st_size, st.st_ino, st.st_mtime_ns] == [size, mark["ino"], mark["mtime_ns"]] \
-                and mark["bytes"] == size
+            same = [st.st_size, st.st_ino, st.st_mtime_ns] == [size, mark["ino"], mark["mtime_ns"]]
+            return mark if same and mark["bytes"] == size else None
         except (OSError, ValueError, KeyError, TypeError):
-            return False
+            return None
+
+    def note(self, sha: str, size: int, **facts) -> None:
+        """Add ``facts`` about the bytes of ``sha`` to its ``.ok`` record (e.g. what a reader checked of them,
+        so that other processes need not open the file to check it again)."""
+        mark = self.marker(sha, size)
+        if mark is not None:
+            tmp = self.objects / f"{sha}.ok.{os.getpid()}"
+            tmp.write_text(json.dumps({**mark, **facts}))
+            os.replace(tmp, self.objects / f"{sha}.ok")
 
     def ensure(self, store: Store, name: str, sha: str, size: int, wait: bool = True,
                evict_below: Optional[int] = None, rank: Optional[int] = None) -> Optional[Path]:
