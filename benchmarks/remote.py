@@ -11,7 +11,8 @@ shard set to it as it is, and measures in one run:
 * epoch 1 from the store through an empty cache (the loader's streaming
   path, no model), epoch 2 from the warm cache, and the same loader over
   the local set (best of two epochs): images per second;
-* time to first batch from an empty cache, against one shard's fetch;
+* time to first batch from an empty cache, against one shard's fetch (and
+  the local set's, which has the same loader start: workers, their ring);
 * a cache limit of half the set: shards fetched in each epoch after the
   first (the bound is half the set).
 
@@ -104,7 +105,8 @@ def main() -> None:
         split = open_set(url, storage=storage).split("train")
         open_s = time.perf_counter() - t
         remote_rates, first = epoch_rate(split, cfg, 2, first_batch=True)
-        local_rates, _ = epoch_rate(shard_format.open_set(args.shards).split("train"), cfg, 2)
+        local_rates, local_first = epoch_rate(shard_format.open_set(args.shards).split("train"), cfg, 2,
+                                              first_batch=True)
 
         half = StorageConfig(cache_dir=str(work / "half"), cache_limit=nbytes // 2)
         hsplit = open_set(url, storage=half).split("train")
@@ -123,7 +125,7 @@ def main() -> None:
             "shards": str(args.shards), "train_images": images, "train_bytes": nbytes, "train_shards": len(train),
             "loader": dataclasses.asdict(cfg), "connections": CONNECTIONS,
             "store_img_s": store_rate, "store_mb_s": nbytes / store_s / 1e6, "one_shard_fetch_s": one_shard_s,
-            "open_s": open_s, "first_batch_s": first,
+            "open_s": open_s, "first_batch_s": first, "local_first_batch_s": local_first,
             "epoch1_img_s": remote_rates[0], "epoch2_img_s": remote_rates[1], "local_img_s": max(local_rates),
             "half_cache_fetched_share": [f / nbytes for f in fetched],
             "ratios": {"epoch1_vs_store": remote_rates[0] / store_rate,

@@ -86,3 +86,21 @@ def test_a_url_where_a_folder_belongs_is_one_line_and_writes_no_folder_named_aft
     assert sorted(os.listdir(tmp_path)) == []
     with pytest.raises(UserError, match="file:///tmp/set: a URL"):
         open_set("file:///tmp/set")
+
+
+def test_a_url_without_the_remote_extra_is_one_line_saying_how_to_get_it(tmp_path, monkeypatch):
+    import sys
+
+    import fsspec  # noqa: F401  (its registry module, below, is shadowed by a mapping of the same name)
+
+    known = sys.modules["fsspec.registry"]._registry
+    for name in ("s3fs", "gcsfs"):   # as if the [remote] extra were not installed
+        monkeypatch.setitem(sys.modules, name, None)
+    for protocol in ("s3", "s3a", "gs", "gcs"):   # nor imported earlier by another test
+        if protocol in known:
+            monkeypatch.delitem(known, protocol)
+    for url, package in (("s3://bucket/set", "s3fs"), ("gs://bucket/set", "gcsfs")):
+        r = run("verify", "--out", url, "--cache-dir", tmp_path / "cache")
+        lines = r.output.strip().splitlines()
+        assert r.exit_code == 1 and len(lines) == 1, r.output
+        assert lines[0].startswith(f"error: {url}") and package in lines[0] and "[remote]" in lines[0], lines[0]

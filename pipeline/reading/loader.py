@@ -54,13 +54,36 @@ logger = logging.getLogger(__name__)
 
 
 class _Stream:
-    """The DataLoader's sampler: the stream of worker tasks (``per_message`` batches each) from ``start`` on."""
+    """The DataLoader's sampler: the stream of worker tasks (``per_message`` batches each) from ``start`` on.
 
-    def __init__(self, sampler: EpochBatchSampler, per_message: int) -> None:
+    With ``single_first`` > 0, that many tasks open the stream with one batch each: a set in object
+    storage then hands over its first batch once the first shard has arrived, not the several shards
+    a message of many batches spans.
+    """
+
+    def __init__(self, sampler: EpochBatchSampler, per_message: int, single_first: int = 0) -> None:
         self.sampler, self.start, self.skip, self.per_message = sampler, 0, 0, per_message
+        self.single_first = single_first
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return self.sampler.stream(self.start, self.skip, self.per_message)
+        if not self.single_first or self.per_message == 1:
+            return self.sampler.stream(self.start, self.skip, self.per_message)
+        return self._opening()
+
+    def _opening(self) -> Iterator[np.ndarray]:
+        b, first = self.sampler.batch_size, self.single_first
+        singles = self.sampler.stream(self.start, self.skip, 1)
+        for _ in range(first):   # the first batches alone, in order; then messages from the batch after them
+            yield next(singles)
+        yield from self.sampler.stream(self.start, self.skip + first, self.per_message) if \
+            self.skip + first < len(self.sampler) else self._rest(first)
+
+    def _rest(self, first: int) -> Iterator[np.ndarray]:
+        """The stream after ``first`` single batches that reached past the epoch's end (a short epoch)."""
+        stream = self.sampler.stream(self.start, self.skip, 1)
+        for _ in range(first):
+            next(stream)
+        yield from stream
 
 
 # A streaming worker's answer on CPU, (worker, slot, n): its message is ``shared[worker, slot, :n]``
@@ -409,7 +432,7 @@ class StreamReader:
         self.recycles = self.shared is not None   # a ring slot is written again ``ring`` messages later
         self.per_message = per_message
         self.lead = workers * prefetch * per_message   # batches the workers may gather ahead of the consumer
-        self.stream = _Stream(sampler, per_message)
+        self.stream = _Stream(sampler, per_message, single_first=workers if split.remote else 0)
         self.it: Optional[Iterator] = None
         self.next_epoch: Optional[int] = None  # the epoch the live iterator is at, if any
         self.loader = DataLoader(

@@ -144,9 +144,11 @@ class Prefetcher:
             with self.cond:
                 if self.closed:
                     return
-                # shards the readers have begun: the consumer's, and the batches the workers may be ahead of it
-                reading = int(np.searchsorted(self.first, self.handed + self.lead, side="right"))
-                wanted = [int(s) for s in self.seq[max(0, reading - 1): reading + self.ahead]]
+                # from the consumer's shard to ``ahead`` past the one the workers may have reached (``lead``
+                # batches on), first things first: the pool takes them in this order
+                consumer = int(np.searchsorted(self.first, self.handed, side="right"))
+                workers = int(np.searchsorted(self.first, self.handed + self.lead, side="right"))
+                wanted = [int(s) for s in self.seq[max(0, consumer - 1): workers + self.ahead]]
                 todo = [s for s in wanted if s not in self.done and s not in self.pending]
                 for s in todo:
                     self.pending.add(s)

@@ -78,6 +78,7 @@ class RemoteShard:
     labels: np.ndarray
     class_names: list
     image_size: int
+    _expected: str = field(default="", repr=False)
 
     def fetch(self, wait: bool = True, evict_below: Optional[int] = None, rank: Optional[int] = None) -> Optional[Path]:
         e = self.entry
@@ -100,9 +101,11 @@ class RemoteShard:
         e = self.entry
         lease = self.cache.use(e["sha256"])
         try:
-            path = self.fetch()
-            mark = self.cache.marker(e["sha256"], e["bytes"]) or {}
-            expected = self.expected()
+            mark = self.cache.marker(e["sha256"], e["bytes"])   # here and checked: one read of its record
+            path = self.cache.path(e["sha256"]) if mark is not None else self.fetch()
+            mark = mark or self.cache.marker(e["sha256"], e["bytes"]) or {}
+            expected = self._expected or self.expected()
+            self._expected = expected
             if mark.get("checked") == expected and isinstance(mark.get("offset"), int):
                 shard = Shard(path, int(e["count"]), self.image_size, mark["offset"], identity(os.stat(path)))
             else:

@@ -132,9 +132,9 @@ class Store:
                 self._fs = fsspec.filesystem(self.scheme, skip_instance_cache=True, **_OPTIONS.get(self.scheme, {}))
                 if hasattr(self._fs, "retries"):
                     self._fs.retries = 1   # s3fs's own loop (a class attribute there)
-            except ImportError as exc:
-                raise StoreError(f"{self.url}: reading {self.scheme}:// needs {SCHEMES[self.scheme]} "
-                                 f"({exc.name} is missing); {REMOTE_EXTRA}") from None
+            except ImportError:
+                raise StoreError(f"{self.url}: {self.scheme}:// needs {SCHEMES[self.scheme]}, which is not "
+                                 f"installed; {REMOTE_EXTRA}") from None
             self._pid = os.getpid()
         return self._fs
 

@@ -19,21 +19,33 @@ def moto_server():
     server.stop()
 
 
-@pytest.fixture()
-def s3(moto_server, monkeypatch):
-    """This process pointed at the test S3 server, with short retries; yields a fresh bucket's URL."""
-    for key, value in s3_env(moto_server.endpoint).items():
+def _point_at(server, patch) -> str:
+    """Point this process at the test S3 server with short retries (``patch``: a MonkeyPatch); a fresh bucket's URL."""
+    for key, value in s3_env(server.endpoint).items():
         if key.startswith(("AWS_", "SIMPSONS_")):
-            monkeypatch.setenv(key, value)
+            patch.setenv(key, value)
     import pipeline.storage.store as store
 
-    monkeypatch.setattr(store, "RETRIES", 2)
-    monkeypatch.setattr(store, "BACKOFF_S", 0.2)
+    patch.setattr(store, "RETRIES", 2)
+    patch.setattr(store, "BACKOFF_S", 0.2)
     import fsspec
 
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     fsspec.filesystem("s3", skip_instance_cache=True).mkdir(bucket)
     return f"s3://{bucket}"
+
+
+@pytest.fixture()
+def s3(moto_server, monkeypatch):
+    """This process pointed at the test S3 server, with short retries; yields a fresh bucket's URL."""
+    return _point_at(moto_server, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def s3_module(moto_server):
+    """As :func:`s3`, for the fixtures a module's tests share (a set published once)."""
+    with pytest.MonkeyPatch.context() as patch:
+        yield _point_at(moto_server, patch)
 
 
 @pytest.fixture()

@@ -24,14 +24,20 @@ from pipeline.storage.store import Store, StoreError
 from tests.conftest import make_easy_set
 
 
-@pytest.fixture()
-def published(s3, tmp_path):
-    """A 4-class set of 13 small train shards in the test store: its URL."""
-    data = make_easy_set(tmp_path / "data")
-    url = f"{s3}/set"
-    publish(data, url, PreprocessConfig(size=32, val_frac=0.25, shard_mb=0.015), StorageConfig(
-        cache_dir=str(tmp_path / "publisher")), workers=1)
+@pytest.fixture(scope="module")
+def shared_set(s3_module, tmp_path_factory):
+    """A 4-class set of 16 small train shards, published once for the module: its URL (never altered)."""
+    tmp = tmp_path_factory.mktemp("published")
+    url = f"{s3_module}/set"
+    publish(make_easy_set(tmp / "data"), url, PreprocessConfig(size=32, val_frac=0.25, shard_mb=0.015),
+            StorageConfig(cache_dir=str(tmp / "publisher")), workers=1)
     return url
+
+
+@pytest.fixture()
+def published(shared_set, s3):
+    """The module's set, this test pointed at the store."""
+    return shared_set
 
 
 def _reader(tmp_path, limit=0, name="cache"):
@@ -52,11 +58,14 @@ def test_each_shard_is_fetched_once_and_a_changed_copy_again(published, tmp_path
     assert [sha for sha, _ in fetch_log(tmp_path / "cache")].count(victim) == 2
 
 
-def test_an_altered_object_is_fetched_again_once_then_refused(published, tmp_path):
-    sset = open_set(published, storage=_reader(tmp_path))
-    entry = sset.manifest["shards"][0]
+def test_an_altered_object_is_fetched_again_once_then_refused(published, s3, tmp_path):
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    path = f"{published[5:]}/{entry['file']}"
+    copy = f"{s3}/copy"   # the module's set stays as published: the test alters its own copy
+    for p in fs.ls(published[5:]):
+        fs.copy(p, f"{copy[5:]}/{p.rsplit('/', 1)[1]}")
+    sset = open_set(copy, storage=_reader(tmp_path))
+    entry = sset.manifest["shards"][0]
+    path = f"{copy[5:]}/{entry['file']}"
     data = bytearray(fs.cat_file(path))
     data[len(data) // 2] ^= 0xFF
     fs.pipe_file(path, bytes(data))
