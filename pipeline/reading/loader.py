@@ -71,7 +71,7 @@ class _Stream:
         return self._opening()
 
     def _opening(self) -> Iterator[np.ndarray]:
-        b, first = self.sampler.batch_size, self.single_first
+        first = self.single_first
         singles = self.sampler.stream(self.start, self.skip, 1)
         for _ in range(first):   # the first batches alone, in order; then messages from the batch after them
             yield next(singles)
