@@ -238,9 +238,8 @@ def preprocess(size, data_dir, out, val_frac, seed, near_dup, fit, shard_mb, com
     cfg = PreprocessConfig(size=size, fit=fit, val_frac=val_frac, seed=seed, shard_mb=shard_mb,
                            compression=None if compression == "none" else compression, near_dup=near_dup)
     if isinstance(out, str):   # a URL: build here, then publish
-        from pipeline.building.publish import check_publishable, publish
+        from pipeline.building.publish import publish
 
-        check_publishable(out)
         m = publish(resolve_data_dir(data_dir), out, cfg, storage_config(cache_dir, cache_limit), workers=workers,
                     force=force, progress=True, rehash=rehash)
         if not m["published"]:

@@ -126,6 +126,18 @@ def _scan_class(task: tuple[str, str]) -> tuple[list, list]:
     return names, skipped
 
 
+def data_folder(root) -> Path:
+    """``root`` as the local folder of a dataset, before any work is done on it.
+
+    Raises:
+        UserError: a URL; DatasetError: missing or not a folder.
+    """
+    root = local_path(root, "--data-dir")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder; pass --data-dir with one sub-folder per class")
+    return root
+
+
 def discover(root: Path, workers: int = 1) -> Discovery:
     """List the classes and candidate images under ``root``.
 
@@ -140,9 +152,7 @@ def discover(root: Path, workers: int = 1) -> Discovery:
         DatasetError: ``root`` is missing or not a folder, or holds no class
             folder with a candidate image.
     """
-    root = local_path(root, "--data-dir")
-    if not root.is_dir():
-        raise DatasetError(f"{root}: no such folder; pass --data-dir with one sub-folder per class")
+    root = data_folder(root)
     entries = []   # in name order: a class folder's name, or the skip of anything else
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         kind, _ = _kind(entry)

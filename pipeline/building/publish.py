@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..common.config import PreprocessConfig, StorageConfig
-from ..common.errors import UserError
 from ..shardset import shard_format
 from ..shardset.sets import open_cache, read_remote_manifest
 from ..storage.store import Store, StoreError
+from .discover import data_folder
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def publish(data_dir: Path, url: str, cfg: PreprocessConfig, storage: Optional[S
     from .preprocess import preprocess
 
     storage = storage or StorageConfig()
+    data_dir = data_folder(data_dir)   # the user's first mistake first: before the store is asked anything
     store = Store(url)
     if not store.writable:
         raise StoreError(f"{url}: {store.scheme}:// is read-only; publish to s3://, gs:// or a local folder")
@@ -123,10 +124,3 @@ def publish(data_dir: Path, url: str, cfg: PreprocessConfig, storage: Optional[S
     store.commit(shard_format.MANIFEST, (json.dumps(published, indent=2, sort_keys=True) + "\n").encode(), tag)
     logger.info("published %s: %d shards, %d uploaded", url, len(published["shards"]), sent)
     return {**report, "published": True, "uploaded": sent, "url": url}
-
-
-def check_publishable(url: str) -> None:
-    """One line before any work when ``url`` cannot take a set (read-only scheme, missing backend)."""
-    store = Store(url)
-    if not store.writable:
-        raise UserError(f"{url}: {store.scheme}:// is read-only; publish to s3://, gs:// or a local folder")

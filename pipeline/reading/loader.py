@@ -32,6 +32,7 @@ count.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import random
@@ -66,24 +67,15 @@ class _Stream:
         self.single_first = single_first
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        if not self.single_first or self.per_message == 1:
+        first = min(self.single_first, len(self.sampler) - self.skip) if self.per_message > 1 else 0
+        if first <= 0:
             return self.sampler.stream(self.start, self.skip, self.per_message)
-        return self._opening()
+        return self._opening(first)
 
-    def _opening(self) -> Iterator[np.ndarray]:
-        first = self.single_first
-        singles = self.sampler.stream(self.start, self.skip, 1)
-        for _ in range(first):   # the first batches alone, in order; then messages from the batch after them
-            yield next(singles)
-        yield from self.sampler.stream(self.start, self.skip + first, self.per_message) if \
-            self.skip + first < len(self.sampler) else self._rest(first)
-
-    def _rest(self, first: int) -> Iterator[np.ndarray]:
-        """The stream after ``first`` single batches that reached past the epoch's end (a short epoch)."""
-        stream = self.sampler.stream(self.start, self.skip, 1)
-        for _ in range(first):
-            next(stream)
-        yield from stream
+    def _opening(self, first: int) -> Iterator[np.ndarray]:
+        """``first`` batches alone (all within the opening epoch), then messages from the batch after them."""
+        yield from itertools.islice(self.sampler.stream(self.start, self.skip, 1), first)
+        yield from self.sampler.stream(self.start, self.skip + first, self.per_message)
 
 
 # A streaming worker's answer on CPU, (worker, slot, n): its message is ``shared[worker, slot, :n]``
