@@ -256,15 +256,15 @@ def translate(exc: BaseException, url: str, what: str, retried: int = 0) -> Stor
     name = type(exc).__name__
     text = _short(exc)
     after = f" after {retried + 1} tries" if retried else ""
-    if isinstance(exc, FileNotFoundError) or "NoSuchKey" in text or "Not Found" in text or "404" in text:
+    if isinstance(exc, FileNotFoundError) or re.search(r"NoSuchKey|Not Found|\b404\b", text):
         err = StoreError(f"{url}: no object there (no object found); check the URL, or publish the set with "
                          f"`python cli.py preprocess --out URL`")
     elif name in ("NoCredentialsError", "PartialCredentialsError") or "credentials" in text.lower() \
             and "invalid" not in text.lower():
         err = StoreError(f"{url}: no credentials for the store; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                          f"(or AWS_PROFILE / ~/.aws/credentials; GOOGLE_APPLICATION_CREDENTIALS for gs://)")
-    elif isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text \
-            or "SignatureDoesNotMatch" in text or "403" in text:
+    elif not _retryable(exc) and (isinstance(exc, PermissionError) or re.search(
+            r"AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|\b403\b", text)):
         err = StoreError(f"{url}: the store refused access ({text[:100]}); check the credentials and the "
                          f"bucket's permissions")
     elif _retryable(exc):
